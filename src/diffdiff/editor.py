@@ -1,0 +1,395 @@
+"""The user-facing :class:`Editor`: load a model, edit an image with a change map.
+
+The editor prepares inputs (image size, change map, seed), asks the model-family adapter how to
+call the diffusers pipeline, installs the two hooks from :mod:`diffdiff.hook` and post-processes
+the output (resize back, paste-back of untouched pixels, metadata). The per-step rule itself lives
+in :mod:`diffdiff.core`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .adapters import Adapter, adapter_for
+from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
+from .changemap import paste_back as paste_back_pixels
+from .errors import DiffDiffError
+from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
+from .io import image_sha256, open_image
+
+ImageLike = Union[Image.Image, str, os.PathLike]
+
+#: Below this many executed steps the map's gradation is visibly coarse.
+FEW_STEPS = 10
+
+
+class DiffDiffWarning(UserWarning):
+    """Something the user should know about a run (shown by the CLI as a one-line warning)."""
+
+
+@dataclass
+class RunInfo:
+    """Details of the last run, for previews, tests and debugging."""
+
+    total_steps: int = 0
+    records: list[StepRecord] = field(default_factory=list)
+    reference: Optional[Reference] = None
+    work_size: tuple[int, int] = (0, 0)
+    pipeline_calls: int = 0
+
+
+def _as_img2img(pipe: Any) -> Any:
+    """Accept a text-to-image pipeline too, by switching to its img2img sibling (shared weights)."""
+    if "strength" in _call_params(pipe):
+        return pipe
+    try:
+        from diffusers import AutoPipelineForImage2Image
+
+        return AutoPipelineForImage2Image.from_pipe(pipe)
+    except Exception:  # unsupported: adapter_for() reports it clearly
+        return pipe
+
+
+def _call_params(pipe: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(pipe.__call__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _hash_map(change_map: Any) -> str:
+    if isinstance(change_map, Image.Image):
+        return image_sha256(change_map)
+    if isinstance(change_map, torch.Tensor):
+        change_map = change_map.detach().cpu().numpy()
+    arr = np.ascontiguousarray(change_map)
+    return hashlib.sha256(f"{arr.dtype}:{arr.shape}".encode() + arr.tobytes()).hexdigest()
+
+
+def validate_edit_params(
+    prompt: Any,
+    num_inference_steps: Any,
+    guidance_scale: Any,
+    strength: Any,
+    num_images: Any,
+    polarity: Any,
+    seed: Any,
+    output_type: Any = "pil",
+) -> None:
+    """Raise :class:`DiffDiffError` naming the first bad parameter."""
+    if not isinstance(prompt, str) and not (
+        isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)
+    ):
+        raise DiffDiffError("prompt must be a string")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        raise DiffDiffError(f"steps must be a positive integer, got {num_inference_steps!r}")
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise DiffDiffError(f"guidance must be a number >= 0, got {guidance_scale!r}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength) or not 0 <= strength <= 1:
+        raise DiffDiffError(f"strength must be between 0 and 1, got {strength!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise DiffDiffError(f"num_images must be a positive integer, got {num_images!r}")
+    if polarity not in POLARITIES:
+        raise DiffDiffError(f"polarity must be 'change' or 'keep', got {polarity!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63):
+        raise DiffDiffError(f"seed must be a non-negative integer, got {seed!r}")
+    if output_type not in ("pil", "latent"):
+        raise DiffDiffError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
+
+
+class Editor:
+    """Graded image editing with Differential Diffusion on a diffusers pipeline.
+
+    ``Editor(pipe)`` wraps a pipeline you built; :meth:`from_pretrained` loads one by hub id, local
+    folder or single ``.safetensors``/``.ckpt`` file. The model family is detected from the pipeline.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        refiner: Any = None,
+        refiner_start: float = 0.8,
+        model_name: Optional[str] = None,
+        refiner_name: Optional[str] = None,
+        progress: bool = True,
+    ) -> None:
+        self.pipe = _as_img2img(pipe)
+        self.adapter: Adapter = adapter_for(self.pipe)
+        self.refiner = _as_img2img(refiner) if refiner is not None else None
+        if self.refiner is not None and not self.adapter.supports_refiner:
+            raise DiffDiffError(f"a refiner is only supported for SDXL, not for the {self.adapter.name} family")
+        if not 0 < refiner_start < 1:
+            raise DiffDiffError(f"refiner_start must be between 0 and 1, got {refiner_start}")
+        self.refiner_start = float(refiner_start)
+        self.model_name = model_name or getattr(getattr(self.pipe, "config", None), "_name_or_path", None) or type(self.pipe).__name__
+        self.refiner_name = refiner_name
+        self.progress = progress
+        self.last_run = RunInfo()
+        self.set_progress_bar(progress)
+
+    # construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str],
+        refiner: str | os.PathLike[str] | None = None,
+        refiner_start: float = 0.8,
+        device: Optional[str] = None,
+        torch_dtype: Any = None,
+        progress: bool = True,
+        **kw: Any,
+    ) -> "Editor":
+        """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family."""
+        from .loading import load_pipeline
+
+        pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
+        ref = None
+        if refiner is not None:
+            ref = load_pipeline(refiner, device=device, torch_dtype=torch_dtype)
+        return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
+                   refiner_name=str(refiner) if refiner is not None else None, progress=progress)
+
+    def to(self, device: Any = None, dtype: Any = None) -> "Editor":
+        """Move the pipeline(s), like ``pipe.to()``."""
+        args = [a for a in (device, dtype) if a is not None]
+        self.pipe = self.pipe.to(*args)
+        if self.refiner is not None:
+            self.refiner = self.refiner.to(*args)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    @property
+    def family(self) -> str:
+        return self.adapter.name
+
+    def set_progress_bar(self, enabled: bool) -> None:
+        self.progress = enabled
+        for p in (self.pipe, self.refiner):
+            if p is not None and hasattr(p, "set_progress_bar_config"):
+                p.set_progress_bar_config(disable=not enabled, desc="diffdiff", leave=False)
+
+    # helpers --------------------------------------------------------------------------------------
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the model runs at: the image's size rounded to the family's pixel multiple."""
+        m = self.adapter.pixel_multiple()
+        return max(m, int(round(width / m)) * m), max(m, int(round(height / m)) * m)
+
+    def planned_steps(self, num_inference_steps: int, strength: float) -> int:
+        return self.adapter.planned_steps(num_inference_steps, strength)
+
+    @staticmethod
+    def _load(image: ImageLike, what: str) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return image
+        if isinstance(image, (str, os.PathLike)):
+            return open_image(image, what)
+        raise DiffDiffError(f"{what} must be a PIL image or a file path, got {type(image).__name__}")
+
+    # the edit -------------------------------------------------------------------------------------
+    def edit(
+        self,
+        image: ImageLike,
+        change_map: MapLike | str | os.PathLike[str],
+        prompt: str,
+        negative_prompt: Optional[str] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: Optional[float] = None,
+        strength: float = 1.0,
+        seed: Optional[int] = None,
+        num_images: int = 1,
+        polarity: Polarity = "change",
+        output_type: str = "pil",
+        paste_back: bool = True,
+        metadata: Optional[dict[str, Any]] = None,
+    ) -> Any:
+        """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
+
+        ``change_map``: greyscale, 0 = keep, 1 = change fully (up to ``strength``) with
+        ``polarity="change"``; white = keep with ``polarity="keep"`` (the authors' maps).
+        ``output_type="latent"`` returns the final latents, shape (B, C, h, w).
+        """
+        validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
+        img = self._load(image, "image")
+        if isinstance(change_map, (str, os.PathLike)):
+            change_map = open_image(change_map, "change map")
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise DiffDiffError("image is empty")
+        change = prepare_change_map(change_map, (width, height), polarity)
+        if seed is None:
+            seed = secrets.randbits(31)
+        meta = {
+            "model": self.model_name,
+            "family": self.adapter.name,
+            "refiner": self.refiner_name,
+            "refiner_start": self.refiner_start if self.refiner is not None else None,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "seed": int(seed),
+            "steps": int(num_inference_steps),
+            "guidance": guidance_scale if guidance_scale is not None else self.adapter.default_guidance(),
+            "strength": float(strength),
+            "polarity": polarity,
+            "num_images": int(num_images),
+            "paste_back": bool(paste_back),
+            "map_sha256": _hash_map(change_map),
+            "image_sha256": image_sha256(img),
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "diffdiff_version": __version__,
+        }
+        if metadata:
+            meta.update(metadata)
+        source = img.convert("RGB")
+        planned = self.planned_steps(num_inference_steps, strength)
+        if planned == 0 or not np.any(change > 0):
+            if output_type == "latent":
+                raise DiffDiffError("nothing to denoise: strength or the change map is zero everywhere")
+            # Nothing may change: the exact input is the exact answer (no model call needed).
+            return [self._finish(source.copy(), meta, i) for i in range(num_images)]
+        if planned < FEW_STEPS:
+            warnings.warn(
+                f"only {planned} denoising steps will run: the change map is quantised to {planned} levels "
+                "(use more steps or a higher strength for smoother gradation)",
+                DiffDiffWarning,
+                stacklevel=2,
+            )
+        out = self.run(
+            source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
+            seed, num_images, output_type,
+        )
+        if output_type == "latent":
+            return out
+        results = []
+        for i, arr in enumerate(out):
+            res = Image.fromarray(arr, "RGB")
+            if res.size != (width, height):
+                res = res.resize((width, height), Image.Resampling.LANCZOS)
+            if paste_back:
+                res = paste_back_pixels(res, source, change)
+            results.append(self._finish(res, meta, i))
+        return results
+
+    @staticmethod
+    def _finish(img: Image.Image, meta: dict[str, Any], index: int) -> Image.Image:
+        img.info["diffdiff"] = dict(meta, index=index)
+        return img
+
+    def run(
+        self,
+        source: Image.Image,
+        change: np.ndarray,
+        prompt: str | list[str],
+        negative_prompt: Optional[str],
+        num_inference_steps: int,
+        guidance_scale: Optional[float],
+        strength: float,
+        seed: int,
+        num_images: int,
+        output_type: str,
+        trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+    ) -> Any:
+        """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w)."""
+        ww, wh = self.work_size(*source.size)
+        work = source if source.size == (ww, wh) else source.resize((ww, wh), Image.Resampling.LANCZOS)
+        lh, lw = self.adapter.latent_hw(ww, wh)
+        latent_change = to_latent_map(change, lh, lw).to(self.device)
+        generator = torch.Generator().manual_seed(int(seed))
+        info = RunInfo(work_size=(ww, wh))
+        self.last_run = info
+        adapter = self.adapter
+        kwargs = adapter.call_kwargs(work, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
+                                     num_images, generator, ww, wh)
+        stage_output = "latent" if output_type == "latent" else "np"
+
+        refiner_only = False
+        use_refiner = self.refiner is not None
+        if use_refiner:
+            refiner_only = self._starts_after_split(num_inference_steps, strength)
+
+        first_pipe = self.refiner if refiner_only else self.pipe
+        capture = NoiseCapture(first_pipe.scheduler, adapter.noise_method)
+        hook = DifferentialStep(
+            change=latent_change,
+            capture=capture,
+            unpack=lambda x: adapter.unpack(x, ww, wh),
+            pack=lambda x: adapter.pack(x, ww, wh),
+            trajectory=trajectory,
+        )
+        first_kwargs = dict(kwargs)
+        if use_refiner and not refiner_only:
+            first_kwargs["denoising_end"] = self.refiner_start
+            first_output = "latent"
+        else:
+            first_output = stage_output
+        with torch.inference_mode(), capture:
+            result = first_pipe(
+                **first_kwargs,
+                output_type=first_output,
+                callback_on_step_end=hook,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
+        info.pipeline_calls += 1
+        info.reference = capture.reference
+        info.records = hook.records
+        info.total_steps = hook.total_steps(first_pipe.scheduler) if hook.start is not None else 0
+        images = result.images
+
+        if use_refiner and not refiner_only:
+            # Continue the same global schedule in the refiner: same thresholds, same reference.
+            ref_capture = NoiseCapture(self.refiner.scheduler, adapter.noise_method)
+            ref_hook = DifferentialStep(
+                change=latent_change, capture=ref_capture, reference=capture.reference, start=hook.start,
+                trajectory=trajectory,
+            )
+            ref_kwargs = dict(kwargs, image=images, denoising_start=self.refiner_start)
+            ref_kwargs.pop("strength", None)
+            with torch.inference_mode(), ref_capture:
+                result = self.refiner(
+                    **ref_kwargs,
+                    strength=strength,
+                    output_type=stage_output,
+                    callback_on_step_end=ref_hook,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                )
+            info.pipeline_calls += 1
+            info.records = hook.records + ref_hook.records
+            images = result.images
+
+        if output_type == "latent":
+            return adapter.latents_from_output(images, ww, wh)
+        arr = np.asarray(images)
+        if arr.dtype != np.uint8:
+            if not np.all(np.isfinite(arr)):
+                raise DiffDiffError(
+                    "the model produced NaN/inf pixels (often an fp16 VAE overflow); retry with torch_dtype=float32"
+                )
+            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+        return arr
+
+    def _starts_after_split(self, num_inference_steps: int, strength: float) -> bool:
+        """True when a low strength starts the run after the base/refiner split (base has no steps)."""
+        sched = self.pipe.scheduler
+        sched.set_timesteps(num_inference_steps)
+        order = int(getattr(sched, "order", 1))
+        steps = self.planned_steps(num_inference_steps, strength)
+        start = sched.timesteps[(num_inference_steps - steps) * order]
+        t_train = sched.config.num_train_timesteps
+        cutoff = int(round(t_train - self.refiner_start * t_train))
+        return bool(start < cutoff)
+

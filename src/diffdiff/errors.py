@@ -1,0 +1,15 @@
+"""Errors that diffdiff reports to users as one clear line (the CLI prints them without traceback)."""
+
+from __future__ import annotations
+
+
+class DiffDiffError(ValueError):
+    """A problem with the user's input or setup, with a message that says what to do."""
+
+
+class UnsupportedModelError(DiffDiffError):
+    """The loaded pipeline belongs to no family diffdiff knows how to drive."""
+
+
+class ModelLoadError(DiffDiffError):
+    """A model could not be loaded (missing folder, not in the offline cache, bad file)."""

@@ -1,0 +1,164 @@
+"""Drive the Differential Diffusion blend from inside any diffusers pipeline.
+
+Two small hooks, no forked pipeline:
+
+* :class:`NoiseCapture` wraps the scheduler's noising method (``add_noise`` for DDPM-family
+  schedulers, ``scale_noise`` for flow matching) for the duration of one pipeline call and records
+  the clean latents and the noise the pipeline itself drew. The reference trajectory is then the
+  pipeline's own: a full-change map reproduces plain img2img exactly, and the image is encoded once.
+* :class:`DifferentialStep` is a ``callback_on_step_end``. After every *full* scheduler step it
+  blends the latents with the original noised to the next step (:func:`diffdiff.core.blend`).
+  Second-order schedulers (Heun, DPM2) call back after each half step; the intermediate state is
+  left alone so the correction is not double-blended.
+
+Step positions are counted in the *global* schedule, so a run split over two pipelines (SDXL base
+then refiner) uses one set of thresholds: pass the first stage's ``start`` to the second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from .core import blend
+
+# Map a tensor between the pipeline's latent layout and the (B, C, h, w) grid the map lives on.
+LayoutFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Reference:
+    """The original image in the denoiser's space and the noise used to noise it."""
+
+    clean: torch.Tensor
+    noise: torch.Tensor
+
+
+class NoiseCapture:
+    """Context manager recording the first call of ``scheduler.<method>`` (the img2img noising)."""
+
+    def __init__(self, scheduler: Any, method: str = "add_noise") -> None:
+        self.scheduler = scheduler
+        self.method = method
+        self.reference: Optional[Reference] = None
+        self.original: Callable[..., torch.Tensor] = getattr(scheduler, method)
+
+    def _wrapped(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.reference is None:
+            if self.method == "scale_noise":  # scale_noise(sample, timestep, noise)
+                names = ("sample", "timestep", "noise")
+            else:  # add_noise(original_samples, noise, timesteps)
+                names = ("original_samples", "noise", "timesteps")
+            bound = dict(zip(names, args))
+            bound.update(kwargs)
+            clean = bound[names[0]]
+            noise = bound["noise"]
+            self.reference = Reference(clean=clean.detach().clone(), noise=noise.detach().clone())
+        return self.original(*args, **kwargs)
+
+    def noise_to(self, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The clean latents noised to ``timestep`` with the scheduler's own formula."""
+        ts = timestep.reshape(1).repeat(clean.shape[0]).to(clean.device)
+        if self.method == "scale_noise":
+            return self.original(clean, ts, noise)
+        return self.original(clean, noise, ts)
+
+    def __enter__(self) -> "NoiseCapture":
+        setattr(self.scheduler, self.method, self._wrapped)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Remove the instance attribute so the class method shows through again.
+        try:
+            delattr(self.scheduler, self.method)
+        except AttributeError:
+            pass
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class StepRecord:
+    """What the hook did at one callback (kept for tests, previews and debugging)."""
+
+    loop_index: int
+    global_step: int
+    free_fraction: float
+
+
+@dataclass
+class DifferentialStep:
+    """``callback_on_step_end`` applying the change map after each full scheduler step.
+
+    ``change`` is the map on the denoiser's grid, shape (1 or B, 1, h, w). ``capture`` supplies the
+    reference (clean latents and noise) and the noising formula. ``reference`` overrides the captured
+    one (used by the SDXL refiner, which continues the base's trajectory without re-noising).
+    ``start`` is the position of the run's first step in the scheduler's full-step schedule; the
+    first stage finds it by itself, later stages receive it.
+    """
+
+    change: torch.Tensor
+    capture: NoiseCapture
+    reference: Optional[Reference] = None
+    start: Optional[int] = None
+    unpack: LayoutFn = _identity
+    pack: LayoutFn = _identity
+    trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None
+    records: list[StepRecord] = field(default_factory=list)
+    tensor_inputs: tuple[str, ...] = ("latents",)
+    _offset: Optional[int] = None
+    _first_full: Optional[int] = None
+    _completed: int = 0
+
+    def total_steps(self, scheduler: Any) -> int:
+        order = int(getattr(scheduler, "order", 1))
+        n_full = (len(scheduler.timesteps) + order - 1) // order
+        assert self.start is not None
+        return n_full - self.start
+
+    def _locate(self, scheduler: Any, loop_index: int, t: Any) -> None:
+        times = scheduler.timesteps
+        order = int(getattr(scheduler, "order", 1))
+        t_val = torch.as_tensor(t, dtype=times.dtype, device=times.device)
+        hits = (times == t_val).nonzero().flatten().tolist()
+        if not hits:  # float timesteps: nearest match
+            hits = [int((times - t_val).abs().argmin())]
+        aligned = [h for h in hits if (h - loop_index) % order == 0]
+        pos = (aligned or hits)[-1] - loop_index
+        self._offset = pos
+        self._first_full = pos // order
+        if self.start is None:
+            self.start = self._first_full
+
+    def __call__(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        scheduler = pipe.scheduler
+        if self._offset is None:
+            self._locate(scheduler, i, t)
+        if not getattr(scheduler, "state_in_first_order", True):
+            return callback_kwargs  # half-way through a second-order step: leave it alone
+        self._completed += 1
+        times = scheduler.timesteps
+        next_index = self._offset + i + 1  # type: ignore[operator]
+        if next_index >= len(times):
+            return callback_kwargs  # no blend after the last step (as in the paper)
+        ref = self.reference or self.capture.reference
+        if ref is None:
+            raise RuntimeError("the pipeline never noised the input image; cannot apply the change map")
+        total = self.total_steps(scheduler)
+        step = self._first_full + self._completed - self.start  # type: ignore[operator]
+        latents = callback_kwargs["latents"]
+        t_next = times[next_index]
+        if self.trajectory is not None:
+            target = self.trajectory(step, latents)
+        else:
+            target = self.capture.noise_to(ref.clean, ref.noise, t_next)
+        grid = self.unpack(latents)  # references and targets live on the (B, C, h, w) grid
+        change = self.change.to(device=grid.device, dtype=torch.float32)
+        mixed = blend(grid, target.to(grid.dtype), change, step, total)
+        self.records.append(StepRecord(i, step, float((change * total >= total - step).float().mean())))
+        callback_kwargs["latents"] = self.pack(mixed)
+        return callback_kwargs

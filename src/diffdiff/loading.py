@@ -1,0 +1,144 @@
+"""Loading real models: hub id, local diffusers folder or single-file checkpoint.
+
+Everything goes through diffusers' own ``from_pretrained`` / ``from_single_file``; this module only
+chooses the entry point, picks a device and dtype, and turns the usual wall of HTTP and OS errors
+into one line that tells the user what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .errors import ModelLoadError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+#: The model the CLI and web app use when none is given (downloaded on first use).
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+
+
+def default_device() -> tuple[str, torch.dtype]:
+    """CUDA in fp16 if present, else Apple MPS in fp16, else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps", torch.float16
+    return "cpu", torch.float32
+
+
+def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if str(dtype) not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[str(dtype)]
+
+
+# Single-file checkpoint type (diffusers' key inference) -> img2img pipeline class name.
+_SINGLE_FILE_CLASSES = {
+    "xl_base": "StableDiffusionXLImg2ImgPipeline",
+    "xl_refiner": "StableDiffusionXLImg2ImgPipeline",
+    "playground-v2-5": "StableDiffusionXLImg2ImgPipeline",
+    "sd3": "StableDiffusion3Img2ImgPipeline",
+    "sd35_medium": "StableDiffusion3Img2ImgPipeline",
+    "sd35_large": "StableDiffusion3Img2ImgPipeline",
+    "flux-dev": "FluxImg2ImgPipeline",
+    "flux-schnell": "FluxImg2ImgPipeline",
+}
+
+
+def _single_file_class(path: Path, config: Optional[str]) -> Any:
+    import diffusers
+
+    if config is not None:
+        # A diffusers folder (or hub id) supplies the configs: take the class from its model index.
+        index = Path(config) / "model_index.json"
+        if index.is_file():
+            import json
+
+            name = json.loads(index.read_text())["_class_name"]
+            return _img2img_class(getattr(diffusers, name))
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+
+    checkpoint = load_single_file_checkpoint(str(path))
+    kind = infer_diffusers_model_type(checkpoint)
+    name = _SINGLE_FILE_CLASSES.get(kind, "StableDiffusionImg2ImgPipeline")
+    return getattr(diffusers, name)
+
+
+def _img2img_class(cls: Any) -> Any:
+    """The img2img pipeline class matching a text-to-image (or img2img) class."""
+    from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, _get_task_class
+
+    return _get_task_class(AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, cls.__name__)
+
+
+def _friendly(model: str, exc: BaseException) -> ModelLoadError:
+    text = f"{type(exc).__name__}: {exc}"
+    offline_markers = ("LocalEntryNotFound", "offline", "Connection", "resolve", "Max retries", "cannot find the requested files",
+                       "We couldn't connect", "HF_HUB_OFFLINE", "couldn't connect")
+    if any(m.lower() in text.lower() for m in offline_markers):
+        return ModelLoadError(
+            f"model '{model}' is not in the local cache and the hub cannot be reached; "
+            "run once with network access or pass a local path"
+        )
+    if "Repository Not Found" in text or "RepositoryNotFound" in text or "404" in text:
+        return ModelLoadError(f"model '{model}' was not found on the hub; check the id or pass a local path")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"could not load model '{model}': {first}")
+
+
+def load_pipeline(
+    model: str | os.PathLike[str],
+    device: Optional[str] = None,
+    torch_dtype: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Load an img2img pipeline from a hub id, a diffusers folder or a single checkpoint file."""
+    from diffusers import AutoPipelineForImage2Image
+
+    if device is None:
+        device, auto_dtype = default_device()
+        dtype = resolve_dtype(torch_dtype, device) if torch_dtype is not None else auto_dtype
+    else:
+        dtype = resolve_dtype(torch_dtype, device)
+    model_str = str(model)
+    path = Path(model_str).expanduser()
+    looks_local = path.exists() or model_str.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES
+    try:
+        if looks_local and not path.exists():
+            raise ModelLoadError(f"model path '{model_str}' does not exist")
+        if path.is_file():
+            if path.suffix not in SINGLE_FILE_SUFFIXES:
+                raise ModelLoadError(
+                    f"'{model_str}' is a file but not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}); "
+                    "pass a diffusers folder, a hub id or a single-file checkpoint"
+                )
+            cls = kwargs.pop("pipeline_class", None) or _single_file_class(path, kwargs.get("config"))
+            pipe = cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+        elif path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"'{model_str}' is not a diffusers model folder (no model_index.json); "
+                    "pass a folder saved with save_pretrained, a hub id or a .safetensors file"
+                )
+            pipe = AutoPipelineForImage2Image.from_pretrained(str(path), torch_dtype=dtype, **kwargs)
+        else:
+            pipe = AutoPipelineForImage2Image.from_pretrained(model_str, torch_dtype=dtype, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, AttributeError) as exc:
+        raise _friendly(model_str, exc) from exc
+    except Exception as exc:  # HTTP client errors and friends
+        raise _friendly(model_str, exc) from exc
+    return pipe.to(device)
