@@ -12,8 +12,9 @@ import hashlib
 import os
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ class Editor:
         torch_dtype: Any = None,
         progress: bool = True,
         **kw: Any,
-    ) -> "Editor":
+    ) -> Editor:
         """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family."""
         from .loading import load_pipeline
 
@@ -162,7 +163,7 @@ class Editor:
         return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
                    refiner_name=str(refiner) if refiner is not None else None, progress=progress)
 
-    def to(self, device: Any = None, dtype: Any = None) -> "Editor":
+    def to(self, device: Any = None, dtype: Any = None) -> Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
         args = [a for a in (device, dtype) if a is not None]
         self.pipe = self.pipe.to(*args)

@@ -17,8 +17,9 @@ then refiner) uses one set of thresholds: pass the first stage's ``start`` to th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -65,7 +66,7 @@ class NoiseCapture:
             return self.original(clean, ts, noise)
         return self.original(clean, noise, ts)
 
-    def __enter__(self) -> "NoiseCapture":
+    def __enter__(self) -> NoiseCapture:
         setattr(self.scheduler, self.method, self._wrapped)
         return self
 

@@ -98,6 +98,37 @@ def _friendly(model: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"could not load model '{model}': {first}")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (one TCP connect, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """Load by hub id: the local cache first; the network only if the hub can be reached."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        return AutoPipelineForImage2Image.from_pretrained(model_id, torch_dtype=dtype, local_files_only=True, **kwargs)
+    except Exception as exc:  # not (fully) cached
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"model '{model_id}' is not in the local cache and the hub cannot be reached; "
+                "run once with network access or pass a local path"
+            ) from exc
+    return AutoPipelineForImage2Image.from_pretrained(model_id, torch_dtype=dtype, **kwargs)
+
+
 def load_pipeline(
     model: str | os.PathLike[str],
     device: Optional[str] = None,
@@ -134,7 +165,7 @@ def load_pipeline(
                 )
             pipe = AutoPipelineForImage2Image.from_pretrained(str(path), torch_dtype=dtype, **kwargs)
         else:
-            pipe = AutoPipelineForImage2Image.from_pretrained(model_str, torch_dtype=dtype, **kwargs)
+            pipe = _from_hub(model_str, dtype, **kwargs)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, AttributeError) as exc:

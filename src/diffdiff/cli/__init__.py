@@ -1,0 +1,49 @@
+"""The ``diffdiff`` command line. Each command group lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from .common import set_verbose
+
+app = typer.Typer(
+    name="diffdiff",
+    help="Graded image editing with diffusion models: each pixel changes as much as a change map allows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffdiff {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show third-party warnings and full tracebacks."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    set_verbose(verbose)
+
+
+# Command modules; each defines register(app). Optional ones are skipped if not present yet.
+for _name in ("edit", "maps", "fan", "diffedit", "serve"):
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"{__name__}.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    app()

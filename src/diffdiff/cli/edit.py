@@ -1,0 +1,63 @@
+"""``diffdiff edit``: Differential Diffusion from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import load_editor, run_command, save_outputs
+
+MODEL_HELP = "Model: hub id, local diffusers folder or single .safetensors/.ckpt file [default: SDXL base 1.0]."
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def edit(
+        image: Path = typer.Argument(..., help="Image to edit (PNG, JPEG, WebP, ...)."),
+        change_map: Optional[Path] = typer.Option(None, "--map", "-m", help="Change map: greyscale image, white = change (see --polarity)."),
+        prompt: str = typer.Option(..., "--prompt", "-p", help="What the edited image should show."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output PNG; several images get -1, -2, ... suffixes."),
+        negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
+        model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+        refiner: Optional[str] = typer.Option(None, "--refiner", help="SDXL refiner (hub id, folder or file)."),
+        refiner_start: float = typer.Option(0.8, "--refiner-start", help="Fraction of the schedule where the refiner takes over."),
+        steps: int = typer.Option(50, "--steps", "-s", help="Number of inference steps."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale [default: the model's]."),
+        strength: float = typer.Option(1.0, "--strength", help="Maximum strength, reached where the map is white (0..1)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (recorded in the PNG metadata)."),
+        num_images: int = typer.Option(1, "--num-images", "-k", help="How many variations to produce."),
+        polarity: str = typer.Option("change", "--polarity", help="'change': white = change (default). 'keep': white = keep (the paper's maps)."),
+        paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy untouched (map = 0) pixels back exactly."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
+    ) -> None:
+        """Edit IMAGE: each pixel changes as much as the change map allows."""
+
+        def body() -> None:
+            from ..errors import DiffDiffError
+            from ..io import check_output_path, file_sha256, open_image
+
+            img = open_image(image, "image")
+            if change_map is None:
+                raise DiffDiffError("a change map is required: pass --map MAP (or make one with 'diffdiff map')")
+            cmap = open_image(change_map, "change map")
+            check_output_path(output)
+            from ..changemap import prepare_change_map
+            from ..editor import validate_edit_params
+
+            validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
+            prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
+            ed = load_editor(model, refiner, device, dtype)
+            ed.refiner_start = refiner_start
+            images = ed.edit(
+                img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
+                paste_back=paste_back,
+                metadata={"map_file": change_map.name, "map_file_sha256": file_sha256(change_map),
+                          "image_file": image.name},
+            )
+            save_outputs(images, output)
+
+        run_command(body)

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random-weight pipelines saved to disk once per test session.
+
+Model hubs are unreachable, so every model is built from a config in code
+(:mod:`diffdiff.testing`), saved with ``save_pretrained`` and loaded back through the real
+``Editor.from_pretrained(path)`` code path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from diffdiff import Editor  # noqa: E402
+from diffdiff.cli.common import quiet_third_party  # noqa: E402
+from diffdiff.testing import build_tiny_sd, build_tiny_sdxl, gradient_map, sample_image  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+quiet_third_party(True)
+warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(models_dir: Path) -> Path:
+    return build_tiny_sd(models_dir / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(models_dir: Path) -> Path:
+    return build_tiny_sdxl(models_dir / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_refiner_path(models_dir: Path) -> Path:
+    return build_tiny_sdxl(models_dir / "tiny-sdxl-refiner", refiner=True)
+
+
+@pytest.fixture(scope="session")
+def sd_editor(tiny_sd_path: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sd_path, progress=False)
+
+
+@pytest.fixture(scope="session")
+def sdxl_editor(tiny_sdxl_path: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sdxl_path, progress=False)
+
+
+@pytest.fixture
+def image64():
+    return sample_image(64, 64, seed=3)
+
+
+@pytest.fixture
+def ramp64():
+    """Left-to-right 0..255 ramp (0 = keep at the left edge, 1 = change at the right)."""
+    return gradient_map(64, 64)
