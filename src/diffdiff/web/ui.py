@@ -1,0 +1,397 @@
+"""The Gradio UI: paint a change map over the image, preview its levels, edit, fan out, DiffEdit.
+
+The canvas is the single source of truth for the map: the image is its background and the map is
+what is painted over it (white brush; the stroke's opacity is the amount of change, opaque black
+paints "keep"). Toolkit buttons write their map back into the canvas as one translucent white
+layer, so it can be refined with the brush. Every model call goes through the same
+:class:`~diffdiff.web.service.EditService` queue as the REST API.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DiffDiffError
+from .service import EditService, QueueFull, png_bytes
+
+UI_CSS = """
+#dd-header h1 { margin-bottom: 0; }
+#dd-header p { margin-top: 0.2em; opacity: 0.8; }
+"""
+
+HEADER = """# diffdiff
+Graded image editing (Differential Diffusion): **each pixel changes as much as the change map allows**.
+Upload an image, paint where it may change (white = change; the brush's opacity is how much), or build
+the map with the toolkit, then run the edit."""
+
+#: Brush: opacity of a white stroke = amount of change; opaque black paints "keep" over a map.
+BRUSH_COLOURS: list[Any] = [("#ffffff", 1.0), ("#ffffff", 0.75), ("#ffffff", 0.5), ("#ffffff", 0.25), ("#000000", 1.0)]
+
+#: Results kept in the gallery (newest first).
+MAX_GALLERY = 24
+
+
+# pure helpers (tested without a browser) ----------------------------------------------------------
+def _as_pil(x: Any) -> Optional[Image.Image]:
+    if x is None:
+        return None
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, np.ndarray):
+        return Image.fromarray(x)
+    if isinstance(x, (str, Path)):
+        with Image.open(x) as im:
+            im.load()
+            return im.copy()
+    return None
+
+
+def canvas_image(value: Any) -> Optional[Image.Image]:
+    """The uploaded image (the canvas background) as RGB, or None."""
+    bg = _as_pil(value.get("background")) if isinstance(value, dict) else None
+    return bg.convert("RGB") if bg is not None else None
+
+
+def canvas_map(value: Any) -> Optional[Image.Image]:
+    """The painted change map ("L", image size): the canvas layers composited over black."""
+    bg = canvas_image(value)
+    if bg is None:
+        return None
+    out = Image.new("RGBA", bg.size, (0, 0, 0, 255))
+    for layer in value.get("layers") or []:
+        lay = _as_pil(layer)
+        if lay is None:
+            continue
+        lay = lay.convert("RGBA")
+        if lay.size != bg.size:  # the canvas may be larger than the image; layers follow the image
+            lay = lay.resize(bg.size, Image.Resampling.BILINEAR)
+        out = Image.alpha_composite(out, lay)
+    return out.convert("L")
+
+
+def map_layer(change_map: Image.Image) -> Image.Image:
+    """A map as a canvas layer: white whose opacity is the change (the brush's own encoding)."""
+    alpha = change_map.convert("L")
+    layer = Image.new("RGBA", alpha.size, (255, 255, 255, 0))
+    layer.putalpha(alpha)
+    return layer
+
+
+def canvas_with_map(value: Any, change_map: Image.Image) -> dict[str, Any]:
+    bg = _as_pil(value.get("background")) if isinstance(value, dict) else None
+    if bg is None:
+        raise DiffDiffError("upload an image first")
+    if change_map.size != bg.size:
+        change_map = change_map.resize(bg.size, Image.Resampling.BILINEAR)
+    return {"background": bg, "layers": [map_layer(change_map)], "composite": None}
+
+
+def simple_gradient(size: tuple[int, int], direction: str) -> Image.Image:
+    """Fallback when :mod:`diffdiff.maps` is unavailable: a linear ramp."""
+    w, h = size
+    if direction in ("top-bottom", "bottom-top"):
+        t = np.broadcast_to(np.linspace(0, 1, h)[:, None], (h, w))
+    else:
+        t = np.broadcast_to(np.linspace(0, 1, w)[None, :], (h, w))
+    if direction in ("right-left", "bottom-top"):
+        t = 1 - t
+    return Image.fromarray(np.round(t * 255).astype(np.uint8), "L")
+
+
+def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strength: float, polarity: str) -> tuple[Image.Image, str]:
+    """The map over the image with the levels ``steps`` x ``strength`` will use, and a summary."""
+    total = min(int(steps * strength), steps)
+    try:
+        from .. import maps
+
+        pv = maps.preview(image, change_map, steps, strength, polarity)  # type: ignore[arg-type]
+        used = len([k for k, c in pv.info.get("diffdiff_levels", {}).items() if c and k > 0])
+    except ImportError:  # toolkit not installed: a plain red tint
+        from ..changemap import prepare_change_map
+
+        ch = prepare_change_map(change_map, image.size, polarity)  # type: ignore[arg-type]
+        base = np.asarray(image.convert("RGB"), dtype=np.float64)
+        tint = base * (1 - 0.6 * ch[..., None]) + np.array([230.0, 40.0, 40.0]) * 0.6 * ch[..., None]
+        pv = Image.fromarray(np.round(tint).astype(np.uint8), "RGB")
+        used = -1
+    if total == 0:
+        text = "**0 steps will run** (steps × strength < 1): the result will be the input."
+    else:
+        text = (f"**{total}** of {steps} steps will run: the map is quantised to **{total + 1} levels**"
+                + (f", {used} of them used by this map (besides 'keep')." if used >= 0 else "."))
+    return pv, text
+
+
+class ResultStore:
+    """PNG files of results in a folder the server owns; names come from a counter, never the client."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="diffdiff-serve-"))
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def save(self, img: Image.Image, kind: str, metadata: Optional[dict[str, Any]] = None) -> str:
+        with self._lock:
+            n = next(self._counter)
+        meta = metadata if metadata is not None else img.info.get("diffdiff")
+        seed = f"-seed{meta['seed']}" if meta and meta.get("seed") is not None else ""
+        path = self._dir / f"{kind}-{n:04d}{seed}.png"
+        path.write_bytes(png_bytes(img, meta))
+        return str(path)
+
+
+# the Blocks ------------------------------------------------------------------------------------------
+def build_ui(service: EditService) -> Any:
+    import gradio as gr
+
+    store = ResultStore()
+
+    def run_job(fn: Any, progress: Any) -> Any:
+        """Run ``fn(editor)`` in the shared queue, mapping our errors to Gradio's message boxes."""
+        import warnings
+
+        from ..editor import DiffDiffWarning
+
+        progress(0.0, desc="waiting for the model")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DiffDiffWarning)
+
+                def locked(ed: Any) -> Any:
+                    # tqdm bars of the pipeline drive gr.Progress(track_tqdm=True) while we run.
+                    ed.set_progress_bar(True)
+                    try:
+                        return fn(ed)
+                    finally:
+                        ed.set_progress_bar(False)
+
+                out = service.submit(locked)
+            for w in caught:
+                if issubclass(w.category, DiffDiffWarning):
+                    gr.Warning(str(w.message))
+            return out
+        except QueueFull as exc:
+            raise gr.Error(str(exc)) from None
+        except DiffDiffError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def need(value: Any) -> tuple[Image.Image, Image.Image]:
+        img = canvas_image(value)
+        if img is None:
+            raise gr.Error("Upload an image first (drop it on the canvas).")
+        service.check_pixels(img.size, "image")
+        cmap = canvas_map(value)
+        assert cmap is not None
+        return img, cmap
+
+    def seed_or_none(seed: Any) -> Optional[int]:
+        return None if seed is None or int(seed) < 0 else int(seed)
+
+    # handlers ---------------------------------------------------------------------------------
+    def update_preview(value: Any, steps: float, strength: float, polarity: str) -> tuple[Any, str]:
+        img = canvas_image(value)
+        if img is None:
+            return None, "Upload an image to see the map and its levels."
+        cmap = canvas_map(value)
+        assert cmap is not None
+        try:
+            return map_preview(img, cmap, int(steps), float(strength), polarity)
+        except DiffDiffError as exc:
+            return None, f"⚠ {exc}"
+
+    def make_gradient(value: Any, direction: str) -> dict[str, Any]:
+        img = canvas_image(value)
+        if img is None:
+            raise gr.Error("Upload an image first.")
+        try:
+            from .. import maps
+
+            g = maps.gradient(img.size, direction=direction)
+        except ImportError:
+            g = simple_gradient(img.size, direction)
+        return canvas_with_map(value, g)  # type: ignore[arg-type]
+
+    def make_soft(value: Any, softness: float) -> dict[str, Any]:
+        img, cmap = need(value)
+        if not np.any(np.asarray(cmap) >= 128):
+            raise gr.Error("Paint the region to regenerate first (opaque white), then soften it.")
+        from .. import maps
+
+        return canvas_with_map(value, maps.soft_map(cmap, float(softness)))  # type: ignore[arg-type]
+
+    def make_auto(value: Any, source: str, target: str, seed: Any, progress: Any = gr.Progress()) -> dict[str, Any]:
+        img, _ = need(value)
+        if not source.strip() or not target.strip():
+            raise gr.Error("Give both prompts: what the image shows now, and what it should show.")
+        m = run_job(lambda ed: ed.auto_map(img, source, target, seed=seed_or_none(seed)), progress)
+        return canvas_with_map(value, m)
+
+    def clear_map(value: Any) -> dict[str, Any]:
+        img = canvas_image(value)
+        if img is None:
+            raise gr.Error("Nothing to clear.")
+        return canvas_with_map(value, Image.new("L", img.size, 0))
+
+    def run_edit(value: Any, prompt: str, negative: str, steps: float, guidance: Any, strength: float, seed: Any,
+                 polarity: str, history: list[str], progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+        img, cmap = need(value)
+        if not prompt.strip():
+            raise gr.Error("Write a prompt: what the edited image should show.")
+        out = run_job(lambda ed: ed.edit(
+            img, cmap, prompt, negative_prompt=negative or None, num_inference_steps=int(steps),
+            guidance_scale=None if guidance in (None, "") else float(guidance), strength=float(strength),
+            seed=seed_or_none(seed), polarity=polarity, metadata={"served_by": "diffdiff serve (ui)"},
+        ), progress)
+        res = out[0]
+        path = store.save(res, "edit")
+        history = ([path] + list(history or []))[:MAX_GALLERY]
+        return history, res.info.get("diffdiff"), history
+
+    def run_fan(value: Any, prompt: str, negative: str, steps: float, guidance: Any, seed: Any, polarity: str,
+                columns: float, lo: float, hi: float, use_map: bool, progress: Any = gr.Progress(track_tqdm=True)) -> str:
+        img, cmap = need(value)
+        if not prompt.strip():
+            raise gr.Error("Write a prompt on the Edit tab.")
+        if lo > hi:
+            raise gr.Error("The minimum strength is above the maximum.")
+        out = run_job(lambda ed: ed.fan(
+            img, prompt, columns=int(columns), min_strength=float(lo), max_strength=float(hi),
+            change_map=cmap if use_map else None, negative_prompt=negative or None, num_inference_steps=int(steps),
+            guidance_scale=None if guidance in (None, "") else float(guidance), seed=seed_or_none(seed),
+            polarity=polarity,
+        ), progress)
+        res = out if isinstance(out, Image.Image) else out[0]
+        return store.save(res, "fan")
+
+    def run_diffedit(value: Any, source: str, target: str, threshold: float, steps: float, seed: Any,
+                     use_map: bool, progress: Any = gr.Progress(track_tqdm=True)) -> str:
+        img, cmap = need(value)
+        if not source.strip() or not target.strip():
+            raise gr.Error("Give both prompts.")
+        mask = cmap if use_map else None
+        out = run_job(lambda ed: ed.diffedit(img, source, target, mask=mask, threshold=float(threshold),
+                                             num_inference_steps=int(steps), seed=seed_or_none(seed)), progress)
+        res = out if isinstance(out, Image.Image) else out[0]
+        return store.save(res, "diffedit")
+
+    # layout -----------------------------------------------------------------------------------
+    with gr.Blocks(title="diffdiff") as demo:
+        gr.Markdown(HEADER, elem_id="dd-header")
+        history = gr.State([])
+        with gr.Tabs():
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        canvas = gr.ImageEditor(
+                            label="Image and change map: paint white where it may change (opacity = how much)",
+                            type="pil", image_mode="RGBA", format="png", sources=("upload", "clipboard"),
+                            brush=gr.Brush(colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0], color_mode="fixed"),
+                            eraser=gr.Eraser(), layers=False, transforms=(), height=460, elem_id="dd-canvas",
+                        )
+                        with gr.Accordion("Map toolkit", open=True):
+                            with gr.Row():
+                                direction = gr.Dropdown(
+                                    ["left-right", "right-left", "top-bottom", "bottom-top", "radial"],
+                                    value="left-right", label="Gradient direction (0 → 1)", scale=2)
+                                grad_btn = gr.Button("Gradient map", elem_id="dd-gradient", scale=1)
+                            with gr.Row():
+                                softness = gr.Slider(0, 64, value=8, step=1, label="Softness (px)", scale=2)
+                                soft_btn = gr.Button("Soften painted mask", elem_id="dd-soft", scale=1)
+                            with gr.Row():
+                                src_prompt = gr.Textbox(label="Now shows", placeholder="a photo of a bowl of apples")
+                                tgt_prompt = gr.Textbox(label="Should show", placeholder="a photo of a bowl of pears")
+                            auto_ok = service.has("auto_map")
+                            auto_btn = gr.Button("Auto map from prompts" if auto_ok else "Auto map (needs a newer diffdiff)",
+                                                 interactive=auto_ok, elem_id="dd-auto")
+                            clear_btn = gr.Button("Clear map", size="sm")
+                    with gr.Column(scale=1):
+                        preview = gr.Image(label="Map over the image: levels the run will use", interactive=False,
+                                           type="pil", height=300, elem_id="dd-preview")
+                        levels_md = gr.Markdown("Upload an image to see the map and its levels.", elem_id="dd-levels")
+                        prompt = gr.Textbox(label="Prompt", placeholder="what the edited image should show",
+                                            elem_id="dd-prompt")
+                        negative = gr.Textbox(label="Negative prompt", placeholder="optional")
+                        with gr.Row():
+                            steps = gr.Slider(1, 150, value=30, step=1, label="Steps")
+                            strength = gr.Slider(0, 1, value=1.0, step=0.01, label="Strength (where white)")
+                        with gr.Row():
+                            guidance = gr.Number(value=None, label="Guidance (empty: model default)", minimum=0)
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
+                            polarity = gr.Radio(["change", "keep"], value="change", label="White means")
+                        run_btn = gr.Button("Run edit", variant="primary", elem_id="dd-run")
+                gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=6,
+                                     height=260, format="png", elem_id="dd-gallery", object_fit="contain")
+                meta = gr.JSON(label="Parameters of the latest result", open=False)
+
+            with gr.Tab("Strength fan", id="fan"):
+                if service.has("fan"):
+                    gr.Markdown("One run whose columns go from the minimum to the maximum strength, left to right. "
+                                "Uses the image, prompt and settings of the **Edit** tab.")
+                    with gr.Row():
+                        columns = gr.Slider(2, 12, value=5, step=1, label="Columns")
+                        lo = gr.Slider(0, 1, value=0.0, step=0.05, label="Min strength")
+                        hi = gr.Slider(0, 1, value=1.0, step=0.05, label="Max strength")
+                        fan_map = gr.Checkbox(False, label="Multiply by the painted map")
+                    fan_btn = gr.Button("Run fan", variant="primary", elem_id="dd-fan-run")
+                    fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png",
+                                       interactive=False, elem_id="dd-fan-out")
+                    fan_btn.click(run_fan, [canvas, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
+                                            fan_map], fan_out)
+                else:
+                    gr.Markdown("The strength fan needs a newer diffdiff (`Editor.fan`).")
+
+            with gr.Tab("DiffEdit", id="diffedit"):
+                if service.has("diffedit"):
+                    gr.Markdown("DiffEdit finds the region from the two prompts, inverts the image and re-generates "
+                                "only there. Uses the image of the **Edit** tab.")
+                    with gr.Row():
+                        de_src = gr.Textbox(label="Source prompt (what the image shows)")
+                        de_tgt = gr.Textbox(label="Target prompt (the edit)")
+                    with gr.Row():
+                        de_thr = gr.Slider(0, 1, value=0.5, step=0.05, label="Mask threshold")
+                        de_steps = gr.Slider(1, 150, value=50, step=1, label="Steps")
+                        de_seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
+                        de_map = gr.Checkbox(False, label="Use the painted map as the mask")
+                    de_btn = gr.Button("Run DiffEdit", variant="primary", elem_id="dd-diffedit-run")
+                    de_out = gr.Image(label="Result (PNG with metadata)", type="filepath", format="png",
+                                      interactive=False)
+                    de_btn.click(run_diffedit, [canvas, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
+                else:
+                    gr.Markdown("DiffEdit needs a newer diffdiff (`Editor.diffedit`).")
+
+            with gr.Tab("REST API", id="api"):
+                gr.Markdown(API_HELP)
+
+        preview_inputs = [canvas, steps, strength, polarity]
+        canvas.change(update_preview, preview_inputs, [preview, levels_md], show_progress="hidden",
+                      trigger_mode="always_last", queue=False)
+        for ctl in (steps, strength, polarity):
+            ctl.change(update_preview, preview_inputs, [preview, levels_md], show_progress="hidden",
+                       trigger_mode="always_last", queue=False)
+        grad_btn.click(make_gradient, [canvas, direction], canvas, queue=False)
+        soft_btn.click(make_soft, [canvas, softness], canvas, queue=False)
+        auto_btn.click(make_auto, [canvas, src_prompt, tgt_prompt, seed], canvas)
+        clear_btn.click(clear_map, canvas, canvas, queue=False)
+        run_btn.click(run_edit, [canvas, prompt, negative, steps, guidance, strength, seed, polarity, history],
+                      [gallery, meta, history])
+    return demo
+
+
+API_HELP = """### REST API
+The same server answers JSON/PNG requests; the schema is at [`/docs`](/docs) and `/openapi.json`.
+
+```bash
+curl -f -o out.png http://127.0.0.1:7860/api/edit \\
+  -F image=@photo.png -F map=@map.png -F prompt="a wildfire in the forest" -F steps=30 -F seed=1
+```
+`POST /api/fan` (image, prompt, columns, min_strength, max_strength), `POST /api/auto-map` (image,
+source_prompt, target_prompt) and `POST /api/diffedit` work the same way; `GET /api/health` reports
+the model and the queue. A full queue answers 503 with `Retry-After`.
+"""
