@@ -213,3 +213,413 @@ def gradient_map(width: int, height: int) -> Image.Image:
     """Left (0, keep) to right (255, change) greyscale ramp."""
     ramp = np.linspace(0, 255, width, dtype=np.float32)
     return Image.fromarray(np.tile(np.round(ramp).astype(np.uint8), (height, 1)), "L")
+
+
+# --- more model families (issue #3) --------------------------------------------------------------
+
+def _t5_parts(folder: Path, d_model: int = 32, seed: int = 0):
+    """A tiny T5 encoder and a hand-built unigram tokenizer (no tokenizer files ship offline)."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + ch if ch != " " else "\u2581", -1.0) for ch in _CHARS]
+    pieces += [(ch, -2.0) for ch in _CHARS if ch != " "]
+    tok = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1, num_heads=4,
+        dropout_rate=0.0, relative_attention_num_buckets=8, is_encoder_decoder=False,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return tok, T5EncoderModel(cfg).eval()
+
+
+def _flow_vae(seed: int):
+    """16-channel VAE with SD3/Flux's latent shift and scale (their pipelines require shift_factor)."""
+    vae = tiny_vae(seed, latent_channels=16)
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5305)
+    return vae
+
+
+def build_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny Stable Diffusion 3 pipeline (MMDiT, flow matching, CLIP-L + CLIP-G + T5)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    t5_tok, t5 = _t5_parts(tok_dir / "t5", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+        pos_embed_max_size=32,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(seed),
+        text_encoder=_clip_text_encoder(32, projection=True, seed=seed),
+        tokenizer=_tokenizer(tok_dir / "clip"),
+        text_encoder_2=_clip_text_encoder(32, projection=True, seed=seed + 1),
+        tokenizer_2=_tokenizer(tok_dir / "clip"),
+        text_encoder_3=t5,
+        tokenizer_3=t5_tok,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_tiny_flux(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny Flux.1 pipeline (packed 2x2 latents, flow matching, CLIP + T5)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    t5_tok, t5 = _t5_parts(tok_dir / "t5", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4),
+    ).eval()
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                  max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096),
+        vae=_flow_vae(seed),
+        text_encoder=_clip_text_encoder(32, projection=False, seed=seed),
+        tokenizer=_tokenizer(tok_dir / "clip"),
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_tiny_kandinsky22(decoder_path: str | Path, prior_path: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny Kandinsky 2.2 prior (text -> image embedding) and decoder (MoVQ latents)."""
+    from diffusers import (
+        DDPMScheduler,
+        KandinskyV22Pipeline,
+        KandinskyV22PriorPipeline,
+        PriorTransformer,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+        VQModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    decoder_path, prior_path = Path(decoder_path), Path(prior_path)
+    embed = 32
+    torch.manual_seed(seed)
+    prior = PriorTransformer(
+        num_attention_heads=2, attention_head_dim=16, embedding_dim=embed, num_layers=1,
+    ).eval()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=embed, image_size=32, projection_dim=embed, intermediate_size=37, num_attention_heads=4,
+        num_channels=3, num_hidden_layers=1, patch_size=8,
+    )).eval()
+    prior_pipe = KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=vision,
+        text_encoder=_clip_text_encoder(embed, projection=True, seed=seed),
+        tokenizer=_tokenizer(prior_path.parent / f".tok-{prior_path.name}"),
+        scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                                  clip_sample=True, clip_sample_range=10.0),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+    )
+    prior_pipe.save_pretrained(prior_path)
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=8, norm_num_groups=16,
+        addition_embed_type="image", encoder_hid_dim=embed, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32, class_embed_type=None,
+    ).eval()
+    movq = VQModel(
+        block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"), in_channels=3, out_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=32, norm_type="spatial", num_vq_embeddings=16,
+        vq_embed_dim=4,
+    ).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, variance_type="learned_range", thresholding=False)
+    KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(decoder_path)
+    return decoder_path, prior_path
+
+
+def _if_unet(in_channels: int, sample_size: int, superres: bool, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra: dict = {}
+    if superres:
+        extra = dict(class_embed_type="timestep")  # the noise level of the low-res condition
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=6, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=16, encoder_hid_dim=32, addition_embed_type="text", addition_embed_type_num_heads=2,
+        resnet_time_scale_shift="scale_shift", act_fn="gelu", **extra,
+    ).eval()
+
+
+def _if_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                         thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0, clip_sample=True,
+                         clip_sample_range=1.0, prediction_type="epsilon")
+
+
+def build_tiny_if(stage_1_path: str | Path, stage_2_path: str | Path | None = None, seed: int = 0,
+                  size_1: int = 16, size_2: int = 64) -> tuple[Path, Path | None]:
+    """Save a tiny DeepFloyd IF stage I (pixels at ``size_1``) and optionally stage II (``size_2``)."""
+    from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline
+
+    stage_1_path = Path(stage_1_path)
+    tok_dir = stage_1_path.parent / f".tok-{stage_1_path.name}"
+    tok, t5 = _t5_parts(tok_dir, d_model=32, seed=seed + 2)
+    common = dict(tokenizer=tok, text_encoder=t5, safety_checker=None, feature_extractor=None, watermarker=None,
+                  requires_safety_checker=False)
+    IFPipeline(unet=_if_unet(3, size_1, False, seed), scheduler=_if_scheduler(), **common).save_pretrained(stage_1_path)
+    if stage_2_path is None:
+        return stage_1_path, None
+    stage_2_path = Path(stage_2_path)
+    noising = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    IFSuperResolutionPipeline(
+        unet=_if_unet(6, size_2, True, seed + 1), scheduler=_if_scheduler(), image_noising_scheduler=noising, **common,
+    ).save_pretrained(stage_2_path)
+    return stage_1_path, stage_2_path
+
+
+def build_tiny_lcm(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny latent-consistency (LCM) SD pipeline: a few-step model driven by the generic adapter."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16, time_cond_proj_dim=32,
+    ).eval()
+    pipe = LatentConsistencyModelPipeline(
+        vae=tiny_vae(seed), text_encoder=_clip_text_encoder(32, seed=seed),
+        tokenizer=_tokenizer(path.parent / f".tok-{path.name}"), unet=unet,
+        scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+# --- single-file checkpoints in the original (LDM / Stability) key layout -------------------------
+# diffusers' ``from_single_file`` only understands the layout of the original training repos, so we
+# write our tiny models in that layout to exercise the real conversion code. The mapping below is the
+# inverse of that conversion for the architectures built above (UNet2DConditionModel, AutoencoderKL,
+# CLIP text encoders); any key it cannot name raises, so a new architecture fails loudly.
+
+_LDM_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+                    "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_LDM_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _component_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted((folder / name).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {folder / name}")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    return weights
+
+
+def _rename_by_prefix(weights: dict[str, torch.Tensor], prefixes: dict[str, tuple[str, dict[str, str]]],
+                      what: str) -> dict[str, torch.Tensor]:
+    """Rename each key by its longest matching diffusers prefix; the tail is renamed by the table."""
+    out: dict[str, torch.Tensor] = {}
+    ordered = sorted(prefixes, key=len, reverse=True)
+    for key, value in weights.items():
+        prefix = next((p for p in ordered if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"no original-layout name for {what} weight {key!r}")
+        new_prefix, tail_names = prefixes[prefix]
+        tail = key[len(prefix):]
+        for old, new in tail_names.items():
+            if tail.startswith(old + "."):
+                tail = new + tail[len(old):]
+                break
+        out[new_prefix + tail] = value
+    return out
+
+
+def _ldm_unet(weights: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    lpb, levels = config["layers_per_block"], len(config["down_block_types"])
+    res, plain = _LDM_UNET_RESNET, {}
+    prefixes: dict[str, tuple[str, dict[str, str]]] = {
+        "conv_in.": ("input_blocks.0.0.", plain), "time_embedding.linear_1.": ("time_embed.0.", plain),
+        "time_embedding.linear_2.": ("time_embed.2.", plain), "add_embedding.linear_1.": ("label_emb.0.0.", plain),
+        "add_embedding.linear_2.": ("label_emb.0.2.", plain), "conv_norm_out.": ("out.0.", plain),
+        "conv_out.": ("out.2.", plain), "mid_block.resnets.0.": ("middle_block.0.", res),
+        "mid_block.attentions.0.": ("middle_block.1.", plain), "mid_block.resnets.1.": ("middle_block.2.", res),
+    }
+    for b in range(levels):
+        # LDM numbers the down path flat: conv_in, then per level its layers and its downsampler.
+        for i in range(lpb):
+            n = 1 + b * (lpb + 1) + i
+            prefixes[f"down_blocks.{b}.resnets.{i}."] = (f"input_blocks.{n}.0.", res)
+            prefixes[f"down_blocks.{b}.attentions.{i}."] = (f"input_blocks.{n}.1.", plain)
+        prefixes[f"down_blocks.{b}.downsamplers.0.conv."] = (f"input_blocks.{1 + b * (lpb + 1) + lpb}.0.op.", plain)
+        # The up path has one more layer per level; the upsampler sits after the attention, if any.
+        has_attn = any(k.startswith(f"up_blocks.{b}.attentions.") for k in weights)
+        for i in range(lpb + 1):
+            n = b * (lpb + 1) + i
+            prefixes[f"up_blocks.{b}.resnets.{i}."] = (f"output_blocks.{n}.0.", res)
+            prefixes[f"up_blocks.{b}.attentions.{i}."] = (f"output_blocks.{n}.1.", plain)
+        last = b * (lpb + 1) + lpb
+        prefixes[f"up_blocks.{b}.upsamplers.0.conv."] = (f"output_blocks.{last}.{2 if has_attn else 1}.conv.", plain)
+    return _rename_by_prefix(weights, prefixes, "UNet")
+
+
+def _ldm_vae(weights: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    levels, plain, res = len(config["down_block_types"]), {}, {"conv_shortcut": "nin_shortcut"}
+    prefixes: dict[str, tuple[str, dict[str, str]]] = {"quant_conv.": ("quant_conv.", plain),
+                                                       "post_quant_conv.": ("post_quant_conv.", plain)}
+    for part in ("encoder", "decoder"):
+        prefixes.update({
+            f"{part}.conv_in.": (f"{part}.conv_in.", plain), f"{part}.conv_out.": (f"{part}.conv_out.", plain),
+            f"{part}.conv_norm_out.": (f"{part}.norm_out.", plain),
+            f"{part}.mid_block.resnets.0.": (f"{part}.mid.block_1.", res),
+            f"{part}.mid_block.resnets.1.": (f"{part}.mid.block_2.", res),
+            f"{part}.mid_block.attentions.0.": (f"{part}.mid.attn_1.", _LDM_VAE_ATTN),
+        })
+    for b in range(levels):
+        prefixes[f"encoder.down_blocks.{b}.downsamplers.0.conv."] = (f"encoder.down.{b}.downsample.conv.", plain)
+        # The LDM decoder counts its levels from the bottom (up.0 is the full-resolution one).
+        prefixes[f"decoder.up_blocks.{b}.upsamplers.0.conv."] = (f"decoder.up.{levels - 1 - b}.upsample.conv.", plain)
+        for i in range(config["layers_per_block"] + 1):
+            prefixes[f"encoder.down_blocks.{b}.resnets.{i}."] = (f"encoder.down.{b}.block.{i}.", res)
+            prefixes[f"decoder.up_blocks.{b}.resnets.{i}."] = (f"decoder.up.{levels - 1 - b}.block.{i}.", res)
+    out = _rename_by_prefix(weights, prefixes, "VAE")
+    # LDM's VAE attention uses 1x1 convolutions where diffusers uses linear layers.
+    for key, value in out.items():
+        if ".mid.attn_1." in key and key.endswith(".weight") and value.ndim == 2:
+            out[key] = value[:, :, None, None]
+    return out
+
+
+def _ldm_clip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """OpenAI CLIP (SD 1.x, SDXL's first encoder): transformers' own names under ``text_model.``."""
+    # transformers >= 5.6 saves CLIPTextModel without its ``text_model.`` wrapper; the files have it.
+    return {prefix + (k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+            for k, v in weights.items()}
+
+
+def _ldm_open_clip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """open-clip layout (SDXL's second encoder): fused q/k/v, ``resblocks``, transposed projection."""
+    w = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    out = {
+        prefix + "positional_embedding": w.pop("embeddings.position_embedding.weight"),
+        prefix + "token_embedding.weight": w.pop("embeddings.token_embedding.weight"),
+        prefix + "ln_final.weight": w.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": w.pop("final_layer_norm.bias"),
+        prefix + "text_projection": w.pop("text_projection.weight").T.contiguous(),
+    }
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    layers = sorted({int(k.split(".")[2]) for k in w if k.startswith("encoder.layers.")})
+    for n in layers:
+        src, dst = f"encoder.layers.{n}.", f"{prefix}transformer.resblocks.{n}."
+        for kind in ("weight", "bias"):
+            qkv = [w.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv, dim=0)
+            for old, new in names.items():
+                out[f"{dst}{new}.{kind}"] = w.pop(f"{src}{old}.{kind}")
+    if w:
+        raise ValueError(f"no open-clip name for text encoder weights {sorted(w)[:3]}")
+    return out
+
+
+def save_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Path:
+    """Write a (tiny) SD 1.x / SDXL base / SDXL refiner diffusers folder as ONE original-layout file.
+
+    The result loads with ``<Pipeline>.from_single_file(out_file, config=diffusers_folder)``, i.e.
+    through diffusers' real LDM conversion: UNet under ``model.diffusion_model.``, VAE under
+    ``first_stage_model.``, CLIP under ``cond_stage_model.transformer.`` (SD) or
+    ``conditioner.embedders.0.transformer.`` (SDXL), SDXL's second encoder in open-clip layout under
+    ``conditioner.embedders.1.model.`` (``embedders.0`` for the refiner, which has only that one).
+    """
+    from safetensors.torch import save_file
+
+    folder, out_file = Path(diffusers_folder), Path(out_file)
+    index = json.loads((folder / "model_index.json").read_text())
+
+    def present(name: str) -> bool:
+        return bool(index.get(name)) and index[name][0] is not None
+
+    def config(name: str) -> dict:
+        return json.loads((folder / name / "config.json").read_text())
+
+    tensors = {"model.diffusion_model." + k: v for k, v in _ldm_unet(_component_weights(folder, "unet"), config("unet")).items()}
+    tensors.update({"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()})
+    if present("text_encoder_2"):
+        if present("text_encoder"):
+            # diffusers tells SDXL's two encoders apart only by width (768 vs 1280 in the real model).
+            w1, w2 = config("text_encoder")["hidden_size"], config("text_encoder_2")["hidden_size"]
+            if w1 == w2:
+                raise ValueError(
+                    f"both SDXL text encoders are {w1} wide: diffusers' single-file loader would load the first one "
+                    "twice; build the model with build_tiny_sdxl_distinct()"
+                )
+            tensors.update(_ldm_clip(_component_weights(folder, "text_encoder"), "conditioner.embedders.0.transformer."))
+            second = "conditioner.embedders.1.model."
+        else:  # refiner
+            second = "conditioner.embedders.0.model."
+        tensors.update(_ldm_open_clip(_component_weights(folder, "text_encoder_2"), second))
+    elif present("text_encoder"):
+        tensors.update(_ldm_clip(_component_weights(folder, "text_encoder"), "cond_stage_model.transformer."))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
+    return out_file
+
+
+def build_tiny_sdxl_distinct(path: str | Path, seed: int = 0, scheduler: str = "euler", width_2: int = 48) -> Path:
+    """A tiny SDXL base whose second text encoder is wider than the first, as in the real model.
+
+    :func:`build_tiny_sdxl` gives both encoders the same width, which diffusers' single-file loader
+    cannot tell apart; this variant swaps in a ``width_2``-wide second encoder and a UNet sized for it.
+    """
+    from diffusers import UNet2DConditionModel
+
+    path = build_tiny_sdxl(path, seed=seed, scheduler=scheduler)
+    width_1 = json.loads((path / "text_encoder" / "config.json").read_text())["hidden_size"]
+    cfg = dict(UNet2DConditionModel.load_config(path / "unet"))
+    # Cross-attention sees both encoders' hidden states; the time embedding gets 6 time ids + pooled enc. 2.
+    cfg.update(cross_attention_dim=width_1 + width_2,
+               projection_class_embeddings_input_dim=6 * cfg["addition_time_embed_dim"] + width_2)
+    torch.manual_seed(seed)
+    UNet2DConditionModel.from_config(cfg).eval().save_pretrained(path / "unet")
+    _clip_text_encoder(width_2, projection=True, seed=seed + 1).save_pretrained(path / "text_encoder_2")
+    return path
+
+
+def copy_model_configs(diffusers_folder: str | Path, out_folder: str | Path) -> Path:
+    """Copy a diffusers folder without its weights (what ``config=`` needs next to a single file).
+
+    Loading a single file with a config-only folder proves every weight came from the file: diffusers
+    silently takes a component's weights from ``config`` when the file lacks them.
+    """
+    import shutil
+
+    src, dst = Path(diffusers_folder), Path(out_folder)
+    for f in src.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".txt", ".model"):
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst / f.relative_to(src))
+    return dst
