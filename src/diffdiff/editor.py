@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .adapters import Adapter, adapter_for, round_to_levels
+from .adapters import Adapter, adapter_for
 from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
 from .errors import DiffDiffError
@@ -126,14 +126,9 @@ class Editor:
         model_name: Optional[str] = None,
         refiner_name: Optional[str] = None,
         progress: bool = True,
-        prior: Any = None,
-        stage_2: Any = None,
-        stage_3: Any = None,
     ) -> None:
         self.pipe = _as_img2img(pipe)
-        # Extra pipelines of multi-model families: Kandinsky's prior, DeepFloyd IF's later stages.
-        self.adapter: Adapter = adapter_for(self.pipe, prior=prior, stage_2=stage_2, stage_3=stage_3)
-        self.pipe = self.adapter.pipe  # a family may swap in its img2img half (e.g. Kandinsky's decoder)
+        self.adapter: Adapter = adapter_for(self.pipe)
         self.refiner = _as_img2img(refiner) if refiner is not None else None
         if self.refiner is not None and not self.adapter.supports_refiner:
             raise DiffDiffError(f"a refiner is only supported for SDXL, not for the {self.adapter.name} family")
@@ -145,9 +140,6 @@ class Editor:
         self.progress = progress
         self.last_run = RunInfo()
         self.set_progress_bar(progress)
-        for part in self.adapter.parts.values():
-            if hasattr(part, "set_progress_bar_config"):
-                part.set_progress_bar_config(disable=not progress, desc="diffdiff", leave=False)
 
     # construction ---------------------------------------------------------------------------------
     @classmethod
@@ -159,28 +151,17 @@ class Editor:
         device: Optional[str] = None,
         torch_dtype: Any = None,
         progress: bool = True,
-        prior: str | os.PathLike[str] | None = None,
-        stage_2: str | os.PathLike[str] | None = None,
-        stage_3: str | os.PathLike[str] | None = None,
         **kw: Any,
     ) -> Editor:
-        """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family.
-
-        Multi-model families: ``prior`` is Kandinsky 2.2's prior (default: the hub's 2.2 prior);
-        ``stage_2`` / ``stage_3`` are DeepFloyd IF's super-resolution stages (optional).
-        """
-        from .adapters import load_family
+        """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family."""
         from .loading import load_pipeline
 
-        pipe, parts = load_family(
-            str(model), prior=None if prior is None else str(prior), stage_2=None if stage_2 is None else str(stage_2),
-            stage_3=None if stage_3 is None else str(stage_3), device=device, torch_dtype=torch_dtype, **kw,
-        )
+        pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
         ref = None
         if refiner is not None:
             ref = load_pipeline(refiner, device=device, torch_dtype=torch_dtype)
         return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
-                   refiner_name=str(refiner) if refiner is not None else None, progress=progress, **parts)
+                   refiner_name=str(refiner) if refiner is not None else None, progress=progress)
 
     def to(self, device: Any = None, dtype: Any = None) -> Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
@@ -237,9 +218,6 @@ class Editor:
         output_type: str = "pil",
         paste_back: bool = True,
         metadata: Optional[dict[str, Any]] = None,
-        crop: bool = False,
-        crop_padding: int = 32,
-        crop_resolution: Optional[Union[str, int]] = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -248,14 +226,6 @@ class Editor:
         ``output_type="latent"`` returns the final latents, shape (B, C, h, w).
         """
         validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
-        if crop:  # denoise only the changed region's box (diffdiff.crop), then paste it back
-            from .crop import crop_edit
-
-            return crop_edit(self, image, change_map, polarity=polarity, padding=crop_padding,
-                             resolution=crop_resolution, paste_back=paste_back, output_type=output_type,
-                             metadata=metadata, prompt=prompt, negative_prompt=negative_prompt,
-                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             strength=strength, seed=seed, num_images=num_images)
         img = self._load(image, "image")
         if isinstance(change_map, (str, os.PathLike)):
             change_map = open_image(change_map, "change map")
@@ -300,9 +270,6 @@ class Editor:
                 DiffDiffWarning,
                 stacklevel=2,
             )
-        from .perf import configure_memory
-
-        configure_memory(self, *self.work_size(width, height))  # tiled VAE above a size (diffdiff.perf)
         out = self.run(
             source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
             seed, num_images, output_type,
@@ -339,19 +306,10 @@ class Editor:
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     ) -> Any:
         """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w)."""
-        if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
-            out, self.last_run = self.adapter.run(
-                source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                num_images, output_type, trajectory=trajectory,
-            )
-            return out
         ww, wh = self.work_size(*source.size)
         work = source if source.size == (ww, wh) else source.resize((ww, wh), Image.Resampling.LANCZOS)
         lh, lw = self.adapter.latent_hw(ww, wh)
         latent_change = to_latent_map(change, lh, lw).to(self.device)
-        if self.adapter.is_few_step(self.model_name):
-            # Distilled models run few steps: round the map to the nearest of the N levels (unbiased).
-            latent_change = round_to_levels(latent_change, self.planned_steps(num_inference_steps, strength))
         generator = torch.Generator().manual_seed(int(seed))
         info = RunInfo(work_size=(ww, wh))
         self.last_run = info
@@ -449,21 +407,3 @@ class Editor:
         from .fan import fan
 
         return fan(self, image, prompt, columns, min_strength, max_strength, change_map, **edit_kwargs)
-
-    # DiffEdit and automatic change maps from text (logic in diffedit.py) ---------------------------
-    def auto_map(self, image: ImageLike, source_prompt: str, target_prompt: str, num_maps: int = 10,
-                 encode_strength: float = 0.5, seed: Optional[int] = None, **kw: Any) -> Image.Image:
-        """Continuous change map (PIL "L", image size) where the two prompts' noise predictions differ."""
-        from .diffedit import auto_map
-
-        return auto_map(self, image, source_prompt, target_prompt, num_maps, encode_strength, seed, **kw)
-
-    def diffedit(self, image: ImageLike, source_prompt: str, target_prompt: str, mask: Any = None,
-                 threshold: float = 0.5, encode_ratio: float = 0.5, num_inference_steps: int = 50,
-                 seed: Optional[int] = None, **kw: Any) -> Any:
-        """DiffEdit: DDIM-invert under the source prompt, decode under the target inside the mask only."""
-        from .diffedit import diffedit
-
-        return diffedit(self, image, source_prompt, target_prompt, mask, threshold, encode_ratio,
-                        num_inference_steps, seed, **kw)
-
