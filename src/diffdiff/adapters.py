@@ -176,6 +176,22 @@ class StableDiffusionXLAdapter(Adapter):
     supports_refiner = True
 
 
+def round_to_levels(change: torch.Tensor, total_steps: int) -> torch.Tensor:
+    """Snap a change map so each pixel follows the model for ``round(m * N)`` of the N steps.
+
+    :mod:`diffdiff.core` quantises a value m to ``ceil(m * N)`` followed steps, so with the 1-4 steps
+    of Turbo, schnell or LCM a value of 0.3 behaves like 0.5 at N = 4. Nearest-level rounding halves
+    the worst error and removes the bias. The new value sits mid-level ((j - 0.5) / N), far from the
+    thresholds, so float rounding cannot move a pixel across one. Zeros stay zero, ones stay one.
+    """
+    if total_steps <= 0:
+        return change
+    levels = torch.floor(change * total_steps + 0.5)
+    snapped = ((levels - 0.5) / total_steps).clamp(min=0)
+    snapped = torch.where(levels <= 0, torch.zeros_like(change), snapped)
+    return torch.where(change >= 1, torch.ones_like(change), snapped)
+
+
 def _flow_planned_steps(num_inference_steps: int, strength: float) -> int:
     # SD3/Flux truncate with a float product (so 10 * 0.7 runs 8 steps, not 7): mirror it exactly.
     init = min(num_inference_steps * strength, num_inference_steps)
@@ -426,7 +442,10 @@ class DeepFloydIFAdapter(Adapter):
                 images = self.stage_3(**{k: v for k, v in up_kw.items() if k in params and v is not None}).images
             info.pipeline_calls += 1
             info.work_size = (int(images.shape[2]), int(images.shape[1]))
-        return np.asarray(images), info
+        arr = np.asarray(images)
+        if not np.all(np.isfinite(arr)):
+            raise DiffDiffError("the model produced NaN/inf pixels; retry with torch_dtype=float32")
+        return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), info
 
 
 class GenericAdapter(Adapter):
@@ -603,7 +622,14 @@ def load_family(
         # AutoPipeline would want the prior inside the decoder's repository: load the halves apart.
         pipe = load_as(diffusers.KandinskyV22Img2ImgPipeline, str(model), device, torch_dtype, **kw)
     else:
-        pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
+        try:
+            pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
+        except ModelLoadError:
+            if not index.get("_class_name"):
+                raise
+            # A real diffusers model with no img2img form: say which families are supported instead.
+            adapter_class(_img2img_sibling(load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype)))
+            raise
     cls = adapter_class(_img2img_sibling(pipe))
     wanted = {"prior": prior, "stage_2": stage_2, "stage_3": stage_3}
     check_parts(cls, wanted)

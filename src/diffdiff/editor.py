@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .adapters import Adapter, adapter_for
+from .adapters import Adapter, adapter_for, round_to_levels
 from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
 from .errors import DiffDiffError
@@ -126,9 +126,14 @@ class Editor:
         model_name: Optional[str] = None,
         refiner_name: Optional[str] = None,
         progress: bool = True,
+        prior: Any = None,
+        stage_2: Any = None,
+        stage_3: Any = None,
     ) -> None:
         self.pipe = _as_img2img(pipe)
-        self.adapter: Adapter = adapter_for(self.pipe)
+        # Extra pipelines of multi-model families: Kandinsky's prior, DeepFloyd IF's later stages.
+        self.adapter: Adapter = adapter_for(self.pipe, prior=prior, stage_2=stage_2, stage_3=stage_3)
+        self.pipe = self.adapter.pipe  # a family may swap in its img2img half (e.g. Kandinsky's decoder)
         self.refiner = _as_img2img(refiner) if refiner is not None else None
         if self.refiner is not None and not self.adapter.supports_refiner:
             raise DiffDiffError(f"a refiner is only supported for SDXL, not for the {self.adapter.name} family")
@@ -140,6 +145,9 @@ class Editor:
         self.progress = progress
         self.last_run = RunInfo()
         self.set_progress_bar(progress)
+        for part in self.adapter.parts.values():
+            if hasattr(part, "set_progress_bar_config"):
+                part.set_progress_bar_config(disable=not progress, desc="diffdiff", leave=False)
 
     # construction ---------------------------------------------------------------------------------
     @classmethod
@@ -151,17 +159,28 @@ class Editor:
         device: Optional[str] = None,
         torch_dtype: Any = None,
         progress: bool = True,
+        prior: str | os.PathLike[str] | None = None,
+        stage_2: str | os.PathLike[str] | None = None,
+        stage_3: str | os.PathLike[str] | None = None,
         **kw: Any,
     ) -> Editor:
-        """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family."""
+        """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family.
+
+        Multi-model families: ``prior`` is Kandinsky 2.2's prior (default: the hub's 2.2 prior);
+        ``stage_2`` / ``stage_3`` are DeepFloyd IF's super-resolution stages (optional).
+        """
+        from .adapters import load_family
         from .loading import load_pipeline
 
-        pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
+        pipe, parts = load_family(
+            str(model), prior=None if prior is None else str(prior), stage_2=None if stage_2 is None else str(stage_2),
+            stage_3=None if stage_3 is None else str(stage_3), device=device, torch_dtype=torch_dtype, **kw,
+        )
         ref = None
         if refiner is not None:
             ref = load_pipeline(refiner, device=device, torch_dtype=torch_dtype)
         return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
-                   refiner_name=str(refiner) if refiner is not None else None, progress=progress)
+                   refiner_name=str(refiner) if refiner is not None else None, progress=progress, **parts)
 
     def to(self, device: Any = None, dtype: Any = None) -> Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
@@ -320,10 +339,19 @@ class Editor:
 
         refiner_only = False
         use_refiner = self.refiner is not None
+        if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
+            out, self.last_run = self.adapter.run(
+                source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
+                num_images, output_type, trajectory=trajectory,
+            )
+            return out
         if use_refiner:
             refiner_only = self._starts_after_split(num_inference_steps, strength)
 
         first_pipe = self.refiner if refiner_only else self.pipe
+        if self.adapter.is_few_step(self.model_name):
+            # Distilled models run few steps: round the map to the nearest of the N levels (unbiased).
+            latent_change = round_to_levels(latent_change, self.planned_steps(num_inference_steps, strength))
         capture = NoiseCapture(first_pipe.scheduler, adapter.noise_method)
         hook = DifferentialStep(
             change=latent_change,

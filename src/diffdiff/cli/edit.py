@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         refiner: Optional[str] = typer.Option(None, "--refiner", help="SDXL refiner (hub id, folder or file)."),
         refiner_start: float = typer.Option(0.8, "--refiner-start", help="Fraction of the schedule where the refiner takes over."),
+        prior: Optional[str] = typer.Option(None, "--prior", help="Kandinsky 2.2 prior [default: kandinsky-community/kandinsky-2-2-prior]."),
+        stage_2: Optional[str] = typer.Option(None, "--stage-2", help="DeepFloyd IF stage II (super-resolution; the map acts there too)."),
+        stage_3: Optional[str] = typer.Option(None, "--stage-3", help="DeepFloyd IF stage III x4 upscaler (map-free)."),
         steps: int = typer.Option(50, "--steps", "-s", help="Number of inference steps."),
         guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale [default: the model's]."),
         strength: float = typer.Option(1.0, "--strength", help="Maximum strength, reached where the map is white (0..1)."),
@@ -49,7 +52,7 @@ def register(app: typer.Typer) -> None:
 
             validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
             prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
-            ed = load_editor(model, refiner, device, dtype)
+            ed = load_editor(model, refiner, device, dtype, **_family_kw(prior, stage_2, stage_3))
             ed.refiner_start = refiner_start
             images = ed.edit(
                 img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
@@ -61,3 +64,9 @@ def register(app: typer.Typer) -> None:
             save_outputs(images, output)
 
         run_command(body)
+
+
+def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[str]) -> dict[str, str]:
+    """Extra pipelines of multi-model families (only those given, so other models load as before)."""
+    given = {"prior": prior, "stage_2": stage_2, "stage_3": stage_3}
+    return {k: v for k, v in given.items() if v}
