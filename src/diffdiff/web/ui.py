@@ -1,9 +1,11 @@
 """The Gradio UI: paint a change map over the image, preview its levels, edit, fan out, DiffEdit.
 
-The canvas is the single source of truth for the map: the image is its background and the map is
-what is painted over it (white brush; the stroke's opacity is the amount of change, opaque black
-paints "keep"). Toolkit buttons write their map back into the canvas as one translucent white
-layer, so it can be refined with the brush. Every model call goes through the same
+The map is a toolkit map (gradient, soft map, auto map; black until one is made) with the brush
+strokes painted on the canvas composited over it: a white stroke's opacity is the amount of change,
+opaque black paints "keep". The canvas shows the image and the strokes; the preview beside it
+shows the whole map and the levels the run will use. (The toolkit map is held server-side in a
+``gr.State`` rather than pushed into the canvas as a layer: Gradio's editor does not reliably
+render layers set from Python.) Every model call goes through the same
 :class:`~diffdiff.web.service.EditService` queue as the REST API.
 """
 
@@ -59,12 +61,15 @@ def canvas_image(value: Any) -> Optional[Image.Image]:
     return bg.convert("RGB") if bg is not None else None
 
 
-def canvas_map(value: Any) -> Optional[Image.Image]:
-    """The painted change map ("L", image size): the canvas layers composited over black."""
+def canvas_map(value: Any, base: Optional[Image.Image] = None) -> Optional[Image.Image]:
+    """The change map ("L", image size): the canvas strokes composited over ``base`` (else black)."""
     bg = canvas_image(value)
     if bg is None:
         return None
-    out = Image.new("RGBA", bg.size, (0, 0, 0, 255))
+    if base is not None and base.size == bg.size:
+        out = Image.merge("RGBA", (base.convert("L"),) * 3 + (Image.new("L", bg.size, 255),))
+    else:
+        out = Image.new("RGBA", bg.size, (0, 0, 0, 255))
     for layer in value.get("layers") or []:
         lay = _as_pil(layer)
         if lay is None:
@@ -76,21 +81,10 @@ def canvas_map(value: Any) -> Optional[Image.Image]:
     return out.convert("L")
 
 
-def map_layer(change_map: Image.Image) -> Image.Image:
-    """A map as a canvas layer: white whose opacity is the change (the brush's own encoding)."""
-    alpha = change_map.convert("L")
-    layer = Image.new("RGBA", alpha.size, (255, 255, 255, 0))
-    layer.putalpha(alpha)
-    return layer
-
-
-def canvas_with_map(value: Any, change_map: Image.Image) -> dict[str, Any]:
-    bg = _as_pil(value.get("background")) if isinstance(value, dict) else None
-    if bg is None:
-        raise DiffDiffError("upload an image first")
-    if change_map.size != bg.size:
-        change_map = change_map.resize(bg.size, Image.Resampling.BILINEAR)
-    return {"background": bg, "layers": [map_layer(change_map)], "composite": None}
+def fit_map(change_map: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A toolkit map as an "L" image of the canvas image's size."""
+    m = change_map.convert("L")
+    return m if m.size == size else m.resize(size, Image.Resampling.BILINEAR)
 
 
 def simple_gradient(size: tuple[int, int], direction: str) -> Image.Image:
@@ -182,66 +176,67 @@ def build_ui(service: EditService) -> Any:
         except DiffDiffError as exc:
             raise gr.Error(str(exc)) from None
 
-    def need(value: Any) -> tuple[Image.Image, Image.Image]:
+    def need(value: Any, base: Optional[Image.Image]) -> tuple[Image.Image, Image.Image]:
         img = canvas_image(value)
         if img is None:
             raise gr.Error("Upload an image first (drop it on the canvas).")
-        service.check_pixels(img.size, "image")
-        cmap = canvas_map(value)
+        try:
+            service.check_pixels(img.size, "image")
+        except DiffDiffError as exc:
+            raise gr.Error(str(exc)) from None
+        cmap = canvas_map(value, base)
         assert cmap is not None
         return img, cmap
 
     def seed_or_none(seed: Any) -> Optional[int]:
         return None if seed is None or int(seed) < 0 else int(seed)
 
-    # handlers ---------------------------------------------------------------------------------
-    def update_preview(value: Any, steps: float, strength: float, polarity: str) -> tuple[Any, str]:
+    # handlers: the toolkit ones return the new base map (a gr.State) --------------------------
+    def update_preview(value: Any, base: Optional[Image.Image], steps: float, strength: float,
+                       polarity: str) -> tuple[Any, str]:
         img = canvas_image(value)
         if img is None:
-            return None, "Upload an image to see the map and its levels."
-        cmap = canvas_map(value)
+            # The editor reports an empty value mid-upload: keep what is shown.
+            return gr.skip(), gr.skip()
+        cmap = canvas_map(value, base)
         assert cmap is not None
         try:
             return map_preview(img, cmap, int(steps), float(strength), polarity)
         except DiffDiffError as exc:
             return None, f"⚠ {exc}"
 
-    def make_gradient(value: Any, direction: str) -> dict[str, Any]:
+    def make_gradient(value: Any, direction: str) -> Image.Image:
         img = canvas_image(value)
         if img is None:
             raise gr.Error("Upload an image first.")
         try:
             from .. import maps
 
-            g = maps.gradient(img.size, direction=direction)
+            return maps.gradient(img.size, direction=direction)  # type: ignore[return-value]
         except ImportError:
-            g = simple_gradient(img.size, direction)
-        return canvas_with_map(value, g)  # type: ignore[arg-type]
+            return simple_gradient(img.size, direction)
 
-    def make_soft(value: Any, softness: float) -> dict[str, Any]:
-        img, cmap = need(value)
+    def make_soft(value: Any, base: Optional[Image.Image], softness: float) -> Image.Image:
+        img, cmap = need(value, base)
         if not np.any(np.asarray(cmap) >= 128):
             raise gr.Error("Paint the region to regenerate first (opaque white), then soften it.")
         from .. import maps
 
-        return canvas_with_map(value, maps.soft_map(cmap, float(softness)))  # type: ignore[arg-type]
+        return fit_map(maps.soft_map(cmap, float(softness)), img.size)  # type: ignore[arg-type]
 
-    def make_auto(value: Any, source: str, target: str, seed: Any, progress: Any = gr.Progress()) -> dict[str, Any]:
-        img, _ = need(value)
+    def make_auto(value: Any, source: str, target: str, seed: Any, progress: Any = gr.Progress()) -> Image.Image:
+        img, _ = need(value, None)
         if not source.strip() or not target.strip():
             raise gr.Error("Give both prompts: what the image shows now, and what it should show.")
         m = run_job(lambda ed: ed.auto_map(img, source, target, seed=seed_or_none(seed)), progress)
-        return canvas_with_map(value, m)
+        return fit_map(m, img.size)
 
-    def clear_map(value: Any) -> dict[str, Any]:
-        img = canvas_image(value)
-        if img is None:
-            raise gr.Error("Nothing to clear.")
-        return canvas_with_map(value, Image.new("L", img.size, 0))
+    def clear_map() -> None:
+        return None
 
-    def run_edit(value: Any, prompt: str, negative: str, steps: float, guidance: Any, strength: float, seed: Any,
+    def run_edit(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, strength: float, seed: Any,
                  polarity: str, history: list[str], progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
-        img, cmap = need(value)
+        img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt: what the edited image should show.")
         out = run_job(lambda ed: ed.edit(
@@ -254,9 +249,9 @@ def build_ui(service: EditService) -> Any:
         history = ([path] + list(history or []))[:MAX_GALLERY]
         return history, res.info.get("diffdiff"), history
 
-    def run_fan(value: Any, prompt: str, negative: str, steps: float, guidance: Any, seed: Any, polarity: str,
+    def run_fan(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, seed: Any, polarity: str,
                 columns: float, lo: float, hi: float, use_map: bool, progress: Any = gr.Progress(track_tqdm=True)) -> str:
-        img, cmap = need(value)
+        img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt on the Edit tab.")
         if lo > hi:
@@ -270,9 +265,9 @@ def build_ui(service: EditService) -> Any:
         res = out if isinstance(out, Image.Image) else out[0]
         return store.save(res, "fan")
 
-    def run_diffedit(value: Any, source: str, target: str, threshold: float, steps: float, seed: Any,
+    def run_diffedit(value: Any, base: Optional[Image.Image], source: str, target: str, threshold: float, steps: float, seed: Any,
                      use_map: bool, progress: Any = gr.Progress(track_tqdm=True)) -> str:
-        img, cmap = need(value)
+        img, cmap = need(value, base)
         if not source.strip() or not target.strip():
             raise gr.Error("Give both prompts.")
         mask = cmap if use_map else None
@@ -282,15 +277,21 @@ def build_ui(service: EditService) -> Any:
         return store.save(res, "diffedit")
 
     # layout -----------------------------------------------------------------------------------
+    # gr.Number cannot show "empty", so offer the loaded model's own default guidance.
+    default_guidance: Optional[float] = 7.5
+    if service.loaded:
+        adapter = getattr(service._editor, "adapter", None)
+        default_guidance = adapter.default_guidance() if adapter is not None else None
     with gr.Blocks(title="diffdiff") as demo:
         gr.Markdown(HEADER, elem_id="dd-header")
         history = gr.State([])
+        base_map = gr.State(None)  # the toolkit's map; strokes on the canvas are painted over it
         with gr.Tabs():
             with gr.Tab("Edit", id="edit"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1):
                         canvas = gr.ImageEditor(
-                            label="Image and change map: paint white where it may change (opacity = how much)",
+                            label="Image: paint white where it may change (opacity = how much; black = keep)",
                             type="pil", image_mode="RGBA", format="png", sources=("upload", "clipboard"),
                             brush=gr.Brush(colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0], color_mode="fixed"),
                             eraser=gr.Eraser(), layers=False, transforms=(), height=460, elem_id="dd-canvas",
@@ -310,7 +311,9 @@ def build_ui(service: EditService) -> Any:
                             auto_ok = service.has("auto_map")
                             auto_btn = gr.Button("Auto map from prompts" if auto_ok else "Auto map (needs a newer diffdiff)",
                                                  interactive=auto_ok, elem_id="dd-auto")
-                            clear_btn = gr.Button("Clear map", size="sm")
+                            with gr.Row():
+                                show_btn = gr.Button("Show map and levels", size="sm", elem_id="dd-show")
+                                clear_btn = gr.Button("Clear toolkit map", size="sm")
                     with gr.Column(scale=1):
                         preview = gr.Image(label="Map over the image: levels the run will use", interactive=False,
                                            type="pil", height=300, elem_id="dd-preview")
@@ -319,15 +322,15 @@ def build_ui(service: EditService) -> Any:
                                             elem_id="dd-prompt")
                         negative = gr.Textbox(label="Negative prompt", placeholder="optional")
                         with gr.Row():
-                            steps = gr.Slider(1, 150, value=30, step=1, label="Steps")
+                            steps = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="dd-steps")
                             strength = gr.Slider(0, 1, value=1.0, step=0.01, label="Strength (where white)")
                         with gr.Row():
-                            guidance = gr.Number(value=None, label="Guidance (empty: model default)", minimum=0)
-                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
+                            guidance = gr.Number(value=default_guidance, label="Guidance (CFG)", minimum=0)
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="dd-seed")
                             polarity = gr.Radio(["change", "keep"], value="change", label="White means")
                         run_btn = gr.Button("Run edit", variant="primary", elem_id="dd-run")
-                gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=6,
-                                     height=260, format="png", elem_id="dd-gallery", object_fit="contain")
+                gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=4,
+                                     format="png", elem_id="dd-gallery", preview=False, allow_preview=True)
                 meta = gr.JSON(label="Parameters of the latest result", open=False)
 
             with gr.Tab("Strength fan", id="fan"):
@@ -342,7 +345,7 @@ def build_ui(service: EditService) -> Any:
                     fan_btn = gr.Button("Run fan", variant="primary", elem_id="dd-fan-run")
                     fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png",
                                        interactive=False, elem_id="dd-fan-out")
-                    fan_btn.click(run_fan, [canvas, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
+                    fan_btn.click(run_fan, [canvas, base_map, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
                                             fan_map], fan_out)
                 else:
                     gr.Markdown("The strength fan needs a newer diffdiff (`Editor.fan`).")
@@ -362,25 +365,35 @@ def build_ui(service: EditService) -> Any:
                     de_btn = gr.Button("Run DiffEdit", variant="primary", elem_id="dd-diffedit-run")
                     de_out = gr.Image(label="Result (PNG with metadata)", type="filepath", format="png",
                                       interactive=False)
-                    de_btn.click(run_diffedit, [canvas, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
+                    de_btn.click(run_diffedit, [canvas, base_map, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
                 else:
                     gr.Markdown("DiffEdit needs a newer diffdiff (`Editor.diffedit`).")
 
             with gr.Tab("REST API", id="api"):
                 gr.Markdown(API_HELP)
 
-        preview_inputs = [canvas, steps, strength, polarity]
-        canvas.change(update_preview, preview_inputs, [preview, levels_md], show_progress="hidden",
-                      trigger_mode="always_last", queue=False)
+        preview_inputs = [canvas, base_map, steps, strength, polarity]
+        preview_outputs = [preview, levels_md]
+        quiet: dict[str, Any] = {"show_progress": "hidden", "trigger_mode": "always_last", "queue": False}
+        # Gradio's editor sends strokes late (no event per stroke), so previews also refresh on
+        # every button below and on the explicit "Show map" button.
         for ctl in (steps, strength, polarity):
-            ctl.change(update_preview, preview_inputs, [preview, levels_md], show_progress="hidden",
-                       trigger_mode="always_last", queue=False)
-        grad_btn.click(make_gradient, [canvas, direction], canvas, queue=False)
-        soft_btn.click(make_soft, [canvas, softness], canvas, queue=False)
-        auto_btn.click(make_auto, [canvas, src_prompt, tgt_prompt, seed], canvas)
-        clear_btn.click(clear_map, canvas, canvas, queue=False)
-        run_btn.click(run_edit, [canvas, prompt, negative, steps, guidance, strength, seed, polarity, history],
-                      [gallery, meta, history])
+            ctl.change(update_preview, preview_inputs, preview_outputs, **quiet)
+        canvas.input(update_preview, preview_inputs, preview_outputs, **quiet)
+        show_btn.click(update_preview, preview_inputs, preview_outputs, **quiet)
+        # A new image starts without a toolkit map (the old one has the old image's shape).
+        canvas.upload(clear_map, None, base_map, queue=False).then(update_preview, preview_inputs, preview_outputs, **quiet)
+        grad_btn.click(make_gradient, [canvas, direction], base_map, queue=False).then(
+            update_preview, preview_inputs, preview_outputs, **quiet)
+        soft_btn.click(make_soft, [canvas, base_map, softness], base_map, queue=False).then(
+            update_preview, preview_inputs, preview_outputs, **quiet)
+        auto_btn.click(make_auto, [canvas, src_prompt, tgt_prompt, seed], base_map).then(
+            update_preview, preview_inputs, preview_outputs, **quiet)
+        clear_btn.click(clear_map, None, base_map, queue=False).then(update_preview, preview_inputs, preview_outputs,
+                                                                    **quiet)
+        run_btn.click(update_preview, preview_inputs, preview_outputs, **quiet).then(
+            run_edit, [canvas, base_map, prompt, negative, steps, guidance, strength, seed, polarity, history],
+            [gallery, meta, history])
     return demo
 
 

@@ -1,0 +1,347 @@
+"""REST API of ``diffdiff serve`` against a tiny offline SD model.
+
+Most tests use FastAPI's TestClient; the queue test runs a real uvicorn server on 127.0.0.1 so
+that requests really overlap and a full queue is seen on the wire as 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from diffdiff import Editor, read_metadata  # noqa: E402
+from diffdiff.testing import sample_image  # noqa: E402
+from diffdiff.web import create_app  # noqa: E402
+
+STEPS = "4"  # few steps keep each edit well under a second on two CPU cores
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def half_map(width: int, height: int) -> Image.Image:
+    """Left half black (keep), right half white (change)."""
+    arr = np.zeros((height, width), np.uint8)
+    arr[:, width // 2:] = 255
+    return Image.fromarray(arr, "L")
+
+
+def edit_files(img: Image.Image, cmap: Image.Image) -> dict[str, Any]:
+    # A hostile file name: it must never be used as a path on the server.
+    return {"image": ("../../../etc/passwd", png(img), "image/png"), "map": ("map.png", png(cmap), "image/png")}
+
+
+def assert_json_error(r: httpx.Response, status: int, needle: str = "") -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    msg = r.json()["error"]
+    assert isinstance(msg, str) and msg and "\n" not in msg
+    assert needle.lower() in msg.lower(), msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return sample_image(96, 64, seed=5)  # not square: the output must keep the input's size
+
+
+@pytest.fixture(scope="module")
+def client(sd_editor: Editor) -> Iterator[TestClient]:
+    app = create_app(sd_editor, max_pixels=128 * 128, queue_size=2, ui=False)
+    with TestClient(app) as c:
+        yield c
+
+
+# edit -----------------------------------------------------------------------------------------------
+def test_health(client: TestClient) -> None:
+    r = client.get("/api/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["family"] == "sd" and body["model_loaded"] is True
+    assert body["queue"] == {"running": 0, "waiting": 0, "capacity": 3}
+    assert body["max_pixels"] == 128 * 128
+
+
+def test_edit_returns_png_with_metadata_and_respects_map(client: TestClient, image: Image.Image) -> None:
+    data = {"prompt": "a red house", "negative_prompt": "blurry", "steps": STEPS, "guidance": "5",
+            "strength": "0.9", "seed": "11", "polarity": "change"}
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data=data)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-diffdiff-seed"] == "11"
+    assert "only 3 denoising steps" in r.headers["x-diffdiff-warning"]  # int(4 x 0.9): the warning travels too
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "PNG" and out.size == (96, 64)
+    meta = read_metadata(out)
+    assert meta["prompt"] == "a red house" and meta["negative_prompt"] == "blurry"
+    assert (meta["seed"], meta["steps"], meta["guidance"], meta["strength"]) == (11, 4, 5.0, 0.9)
+    assert meta["served_by"] == "diffdiff serve"
+    assert "a red house" in out.info["parameters"]  # the A1111-style text chunk
+    # Map = 0 on the left: those pixels come back exactly; the right half was regenerated.
+    got, src = np.asarray(out.convert("RGB")), np.asarray(image.convert("RGB"))
+    assert np.array_equal(got[:, :40], src[:, :40])
+    assert np.abs(got[:, 56:].astype(int) - src[:, 56:]).mean() > 5
+
+    # Same seed, same request: the same bytes (determinism through the API).
+    again = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data=data)
+    assert again.content == r.content
+
+
+def test_edit_keep_polarity_and_defaults(client: TestClient, image: Image.Image) -> None:
+    """polarity=keep reads white as keep: the white right half comes back exactly."""
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)),
+                    data={"prompt": "x", "steps": STEPS, "seed": "1", "polarity": "keep", "guidance": ""})
+    assert r.status_code == 200, r.text
+    got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    assert np.array_equal(got[:, 56:], np.asarray(image.convert("RGB"))[:, 56:])
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["polarity"] == "keep"
+
+
+# bad requests -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"steps": "abc"}, "steps"),
+        ({"steps": "0"}, "steps"),
+        ({"strength": "1.5"}, "strength"),
+        ({"guidance": "-2"}, "guidance"),
+        ({"seed": "-1"}, "seed"),
+        ({"polarity": "sideways"}, "polarity"),
+        ({"prompt": None}, "prompt"),
+    ],
+)
+def test_bad_fields_are_422(client: TestClient, image: Image.Image, fields: dict[str, Any], needle: str) -> None:
+    data = {"prompt": "x", "steps": STEPS}
+    data.update(fields)
+    data = {k: v for k, v in data.items() if v is not None}
+    assert_json_error(client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data=data), 422, needle)
+
+
+def test_bad_uploads_are_422_and_server_keeps_serving(client: TestClient, image: Image.Image) -> None:
+    good_map = png(half_map(96, 64))
+    cases = [
+        ({"image": ("a.png", b"definitely not an image", "image/png"), "map": ("m.png", good_map)}, "not a readable image"),
+        ({"image": ("a.png", png(image)[:200], "image/png"), "map": ("m.png", good_map)}, "image"),  # truncated
+        ({"image": ("a.png", b"", "image/png"), "map": ("m.png", good_map)}, "empty"),
+        ({"image": ("a.png", png(image))}, "map"),  # missing map
+        ({"image": ("a.png", png(image)), "map": ("m.png", png(half_map(64, 64)))}, "aspect"),
+    ]
+    for files, needle in cases:
+        assert_json_error(client.post("/api/edit", files=files, data={"prompt": "x", "steps": STEPS}), 422, needle)
+    assert client.get("/api/health").json()["queue"]["running"] == 0
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": STEPS})
+    assert r.status_code == 200
+
+
+def test_oversize_is_413_before_decoding(client: TestClient) -> None:
+    big = Image.new("RGB", (129, 128))  # one column above the 128x128 limit
+    r = client.post("/api/edit", files=edit_files(big, Image.new("L", (129, 128))), data={"prompt": "x"})
+    assert_json_error(r, 413, "limit")
+    # A 4000x4000 PNG compresses to a few KB: refused from its header, in well under a second.
+    bomb = Image.new("L", (4000, 4000))
+    t = time.perf_counter()
+    r = client.post("/api/edit", files=edit_files(Image.new("RGB", (64, 64)), bomb), data={"prompt": "x"})
+    assert_json_error(r, 413, "map is 4000x4000")
+    assert time.perf_counter() - t < 2.0
+    assert client.get("/api/health").status_code == 200
+
+
+def test_request_body_limit_is_413(sd_editor: Editor, image: Image.Image) -> None:
+    app = create_app(sd_editor, ui=False, max_upload_bytes=10_000)
+    with TestClient(app) as c:
+        noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+        r = c.post("/api/edit", files=edit_files(noise, Image.new("L", (200, 200))), data={"prompt": "x"})
+        assert_json_error(r, 413)
+
+
+def test_model_failure_is_500_json_and_server_survives(sd_editor: Editor, image: Image.Image) -> None:
+    class Broken:
+        model_name, family = "broken", "sd"
+
+        def edit(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("CUDA error: device-side assert\nsecond line")
+
+    with TestClient(create_app(Broken(), ui=False), raise_server_exceptions=False) as c:
+        msg = assert_json_error(c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x"}),
+                                500, "RuntimeError")
+        assert "second line" not in msg
+        assert c.get("/api/health").json()["queue"] == {"running": 0, "waiting": 0, "capacity": 5}
+        assert_json_error(c.post("/api/fan", files={"image": ("a.png", png(image))}, data={"prompt": "x"}),
+                          501, "Editor.fan")
+
+
+def test_lazy_loader(sd_editor: Editor, image: Image.Image) -> None:
+    calls: list[int] = []
+
+    def loader() -> Editor:
+        calls.append(1)
+        return sd_editor
+
+    with TestClient(create_app(loader, ui=False)) as c:
+        assert c.get("/api/health").json()["model_loaded"] is False
+        for _ in range(2):
+            r = c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": STEPS})
+            assert r.status_code == 200
+        assert calls == [1] and c.get("/api/health").json()["model_loaded"] is True
+
+
+# fan and auto map -------------------------------------------------------------------------------------
+def test_fan(client: TestClient, image: Image.Image) -> None:
+    if not callable(getattr(Editor, "fan", None)):
+        pytest.skip("Editor.fan is not in this diffdiff yet (issue #4)")
+    r = client.post("/api/fan", files={"image": ("a.png", png(image), "image/png")},
+                    data={"prompt": "a red house", "columns": "3", "min_strength": "0", "max_strength": "1",
+                          "steps": STEPS, "seed": "3"})
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "PNG" and out.size == (96, 64)
+    assert read_metadata(out)  # parameters recorded
+    # The first band runs at strength 0: byte-exact input there.
+    got, src = np.asarray(out.convert("RGB")), np.asarray(image.convert("RGB"))
+    assert np.array_equal(got[:, :30], src[:, :30])
+    assert_json_error(client.post("/api/fan", files={"image": ("a.png", png(image))},
+                                  data={"prompt": "x", "columns": "99"}), 422, "columns")
+    assert_json_error(client.post("/api/fan", files={"image": ("a.png", png(image))},
+                                  data={"prompt": "x", "min_strength": "0.8", "max_strength": "0.2"}), 422, "min_strength")
+
+
+def test_auto_map(client: TestClient, image: Image.Image) -> None:
+    if not callable(getattr(Editor, "auto_map", None)):
+        pytest.skip("Editor.auto_map is not in this diffdiff yet (issue #5)")
+    r = client.post("/api/auto-map", files={"image": ("a.png", png(image), "image/png")},
+                    data={"source_prompt": "a bowl of apples", "target_prompt": "a bowl of pears", "num_maps": "2",
+                          "seed": "0"})
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "PNG" and out.size == (96, 64) and out.mode == "L"
+    assert_json_error(client.post("/api/auto-map", files={"image": ("a.png", png(image))},
+                                  data={"source_prompt": "a", "target_prompt": "b", "num_maps": "0"}), 422, "num_maps")
+
+
+def test_openapi_schema_documents_the_api(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path in ("/api/health", "/api/edit", "/api/fan", "/api/auto-map"):
+        assert path in schema["paths"], path
+    edit = schema["paths"]["/api/edit"]["post"]
+    assert "image/png" in edit["responses"]["200"]["content"]
+    body_ref = edit["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+    fields = schema["components"]["schemas"][body_ref]["properties"]
+    assert {"image", "map", "prompt", "negative_prompt", "steps", "guidance", "strength", "seed", "polarity"} <= set(fields)
+    assert client.get("/docs").status_code == 200
+
+
+def test_ui_is_mounted_at_root(sd_editor: Editor) -> None:
+    pytest.importorskip("gradio")
+    with TestClient(create_app(sd_editor, ui=True)) as c:
+        r = c.get("/")
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        config = c.get("/config").json()
+        ids = {comp.get("props", {}).get("elem_id") for comp in config["components"]}
+        assert {"dd-canvas", "dd-gradient", "dd-run", "dd-gallery", "dd-preview"} <= ids
+        assert c.get("/api/health").status_code == 200  # the API still answers beside the UI
+
+
+# the queue --------------------------------------------------------------------------------------------
+class GatedEditor:
+    """The tiny editor, but each edit waits for ``gate``: lets a test hold the worker busy."""
+
+    def __init__(self, inner: Editor) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def edit(self, *a: Any, **k: Any) -> Any:
+        assert self.gate.wait(30), "test never opened the gate"
+        return self.inner.edit(*a, **k)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def live_gated(sd_editor: Editor) -> Iterator[tuple[str, GatedEditor, Any]]:
+    gated = GatedEditor(sd_editor)
+    app = create_app(gated, queue_size=1, ui=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", gated, app.state.service
+    finally:
+        gated.gate.set()
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_for(cond: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_full_queue_gives_503_retry_after_then_recovers(live_gated: tuple[str, GatedEditor, Any], image: Image.Image) -> None:
+    base, gated, service = live_gated
+    data = {"prompt": "x", "steps": STEPS, "seed": "2"}
+    results: dict[str, httpx.Response] = {}
+
+    def post(name: str) -> None:
+        results[name] = httpx.post(f"{base}/api/edit", files=edit_files(image, half_map(96, 64)), data=data, timeout=60)
+
+    running = threading.Thread(target=post, args=("running",))
+    running.start()
+    wait_for(lambda: service.stats()["running"] == 1, "the first job to hold the worker")
+    waiting = threading.Thread(target=post, args=("waiting",))
+    waiting.start()
+    wait_for(lambda: service.stats()["waiting"] == 1, "the second job to queue")
+
+    # Queue (1 running + 1 waiting) is full: refused at once, with a hint, on an intact connection.
+    t = time.perf_counter()
+    r = httpx.post(f"{base}/api/edit", files=edit_files(image, half_map(96, 64)), data=data, timeout=10)
+    assert time.perf_counter() - t < 5
+    assert_json_error(r, 503, "busy")
+    assert int(r.headers["retry-after"]) >= 1
+    # The event loop is not blocked by the model: health answers while the worker is busy.
+    h = httpx.get(f"{base}/api/health", timeout=5).json()
+    assert h["queue"] == {"running": 1, "waiting": 1, "capacity": 2}
+
+    gated.gate.set()
+    running.join(60)
+    waiting.join(60)
+    assert results["running"].status_code == 200 and results["waiting"].status_code == 200
+    # Requests were processed in turn: identical inputs and seed, identical outputs.
+    assert results["running"].content == results["waiting"].content
+    assert json.loads(Image.open(io.BytesIO(results["waiting"].content)).info["diffdiff"])["seed"] == 2
+
+    wait_for(lambda: service.stats() == {"running": 0, "waiting": 0, "capacity": 2}, "the queue to drain")
+    again = httpx.post(f"{base}/api/edit", files=edit_files(image, half_map(96, 64)), data=data, timeout=60)
+    assert again.status_code == 200
