@@ -30,10 +30,9 @@ def release_threshold(step: int, total_steps: int) -> float:
 
 
 def free_mask(change: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
-    """Boolean mask of pixels allowed to follow the model before ``step``."""
-    # Compare in the integer-friendly form change * total >= total - step to avoid a division
-    # whose rounding could differ from the authors' ``keep > step / total``.
-    return change * total_steps >= (total_steps - step)
+    """Boolean mask of pixels allowed to follow the model before ``step`` (not replaced)."""
+    # Multiply rather than divide: change * L is exact for the common map values k / L.
+    return change * total_steps > (total_steps - step)
 
 
 def blend(latents: torch.Tensor, reference: torch.Tensor, change: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
@@ -49,13 +48,13 @@ def blend(latents: torch.Tensor, reference: torch.Tensor, change: torch.Tensor, 
 def quantised_levels(change: torch.Tensor, total_steps: int) -> torch.Tensor:
     """The number of steps each pixel will actually follow the model, in [0, total_steps].
 
-    With N steps the continuous map collapses to N + 1 distinct behaviours; this is what a
-    preview of the map should show.
+    With L steps the continuous map collapses to L + 1 distinct behaviours (0 = untouched); this
+    is what a preview of the map should show.
     """
     steps = torch.arange(total_steps, device=change.device, dtype=change.dtype)
-    # Free from the first step whose threshold the value reaches; free steps = total - first.
-    free_count = (change.unsqueeze(-1) * total_steps >= (total_steps - steps)).sum(-1)
-    return free_count
+    free_count = (change.unsqueeze(-1) * total_steps > (total_steps - steps)).sum(-1)
+    # The last replaced step is the pixel's start, so it follows one step more than it is free.
+    return torch.where(change > 0, free_count + 1, torch.zeros_like(free_count))
 
 
 def effective_strength(change: torch.Tensor, total_steps: int, num_inference_steps: int) -> torch.Tensor:

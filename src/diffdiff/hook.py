@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from .core import blend
+from .core import blend, free_mask
 
 # Map a tensor between the pipeline's latent layout and the (B, C, h, w) grid the map lives on.
 LayoutFn = Callable[[torch.Tensor], torch.Tensor]
@@ -160,6 +160,6 @@ class DifferentialStep:
         grid = self.unpack(latents)  # references and targets live on the (B, C, h, w) grid
         change = self.change.to(device=grid.device, dtype=torch.float32)
         mixed = blend(grid, target.to(grid.dtype), change, step, total)
-        self.records.append(StepRecord(i, step, float((change * total >= total - step).float().mean())))
+        self.records.append(StepRecord(i, step, float(free_mask(change, step, total).float().mean())))
         callback_kwargs["latents"] = self.pack(mixed)
         return callback_kwargs
