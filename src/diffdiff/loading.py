@@ -57,7 +57,7 @@ _SINGLE_FILE_CLASSES = {
 }
 
 
-def _single_file_class(path: Path, config: Optional[str]) -> Any:
+def _single_file_class(path: Path, config: Optional[str], shapes: Optional[dict[str, torch.Tensor]] = None) -> Any:
     import diffusers
 
     if config is not None:
@@ -70,10 +70,89 @@ def _single_file_class(path: Path, config: Optional[str]) -> Any:
             return _img2img_class(getattr(diffusers, name))
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
-    checkpoint = load_single_file_checkpoint(str(path))
-    kind = infer_diffusers_model_type(checkpoint)
+    try:  # the header's shapes are all the inference looks at; avoids reading the weights twice
+        kind = infer_diffusers_model_type(shapes) if shapes is not None else None
+    except Exception:
+        kind = None
+    if kind is None:
+        kind = infer_diffusers_model_type(load_single_file_checkpoint(str(path)))
     name = _SINGLE_FILE_CLASSES.get(kind, "StableDiffusionImg2ImgPipeline")
     return getattr(diffusers, name)
+
+
+_SD_FAMILY_CLASSES = ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+
+def _checkpoint_shapes(path: Path, model: str) -> Optional[dict[str, torch.Tensor]]:
+    """Key -> shape-only (meta) tensor from a .safetensors header; None for pickled formats.
+
+    Reading the header is instant even for a 7 GB file, so a corrupt or foreign file fails here with
+    one clear line instead of deep inside diffusers.
+    """
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as exc:
+        raise ModelLoadError(f"'{model}' is not a valid .safetensors checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _single_file_kwargs(model: str, kwargs: dict[str, Any]) -> None:
+    """Check ``config=`` / ``original_config=`` up front (diffusers wants them as str)."""
+    config = kwargs.get("config")
+    if config is not None:
+        cfg = Path(str(config)).expanduser()
+        if cfg.exists() and not (cfg / "model_index.json").is_file():
+            raise ModelLoadError(f"config '{config}' is not a diffusers model folder (no model_index.json)")
+        if not cfg.exists() and (str(config).startswith((".", "/", "~")) or str(config).count("/") > 1):
+            raise ModelLoadError(f"config folder '{config}' does not exist")
+        kwargs["config"] = str(cfg) if cfg.exists() else str(config)
+    original = kwargs.get("original_config")
+    if isinstance(original, (str, os.PathLike)) and not str(original).startswith(("http://", "https://")):
+        yaml_file = Path(str(original)).expanduser()
+        if not yaml_file.is_file():
+            raise ModelLoadError(f"original config '{original}' does not exist (expected the model's .yaml file)")
+        kwargs["original_config"] = str(yaml_file)
+
+
+def _own_unaligned_weights(pipe: Any) -> None:
+    """Copy weights that are views into the checkpoint's buffer at odd addresses into fresh memory.
+
+    On the CPU, unaligned tensors take other kernel paths, so the same model loaded from a folder
+    gave last-bit-different images for the same seed. Copies one tensor at a time (no 2x peak).
+    """
+    for module in getattr(pipe, "components", {}).values():
+        if isinstance(module, torch.nn.Module):
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+
+
+def _single_file_error(model: str, exc: BaseException, config: Any) -> ModelLoadError:
+    """One line for a failed ``from_single_file``, saying what the user can do about it."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, SingleFileComponentError):
+        return ModelLoadError(f"single-file checkpoint '{model}' is incomplete or not in the original (LDM) layout: "
+                              f"{_first_line(exc)}")
+    offline = ("localentrynotfound", "offline", "connection", "max retries", "couldn't connect",
+               "cannot find the requested files", "resolve")
+    if any(m in text for m in offline):
+        where = f"config '{config}' is not available offline" if config is not None else "needs its model configs"
+        return ModelLoadError(f"single-file checkpoint '{model}' {where}: run once with network access "
+                              "or pass config=<diffusers folder> (CLI: --model-config)")
+    if any(m in text for m in ("deserializ", "unpickl", "invalid load key", "unable to load weights", "headertoo")):
+        return ModelLoadError(f"'{model}' is not a valid checkpoint file ({_first_line(exc)})")
+    return ModelLoadError(f"could not load single-file checkpoint '{model}': {_first_line(exc)}")
 
 
 def _img2img_class(cls: Any) -> Any:
@@ -149,14 +228,35 @@ def load_pipeline(
     try:
         if looks_local and not path.exists():
             raise ModelLoadError(f"model path '{model_str}' does not exist")
+        if not path.is_file() and any(kwargs.get(k) is not None for k in ("config", "original_config")):
+            # diffusers would silently ignore them for a folder or hub id
+            raise ModelLoadError(f"a model config only applies to a single-file checkpoint, not to '{model_str}'")
         if path.is_file():
             if path.suffix not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(
                     f"'{model_str}' is a file but not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}); "
                     "pass a diffusers folder, a hub id or a single-file checkpoint"
                 )
-            cls = kwargs.pop("pipeline_class", None) or _single_file_class(path, kwargs.get("config"))
-            pipe = cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+            _single_file_kwargs(model_str, kwargs)
+            shapes = _checkpoint_shapes(path, model_str)
+            try:
+                cls = kwargs.pop("pipeline_class", None) or _single_file_class(path, kwargs.get("config"), shapes)
+            except Exception as exc:
+                raise _single_file_error(model_str, exc, kwargs.get("config")) from exc
+            if shapes is not None and cls.__name__ in _SD_FAMILY_CLASSES and not any(
+                k.startswith("model.diffusion_model.") for k in shapes
+            ):
+                # e.g. diffusers-format weights flattened into one file: diffusers would fail per component.
+                raise ModelLoadError(
+                    f"'{model_str}' is not a Stable Diffusion checkpoint in the original single-file layout "
+                    "(no 'model.diffusion_model.*' weights); load diffusers-format weights from their model folder"
+                )
+            try:
+                pipe = cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+            except Exception as exc:
+                raise _single_file_error(model_str, exc, kwargs.get("config")) from exc
+            if torch.device(device).type == "cpu":
+                _own_unaligned_weights(pipe)
         elif path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(

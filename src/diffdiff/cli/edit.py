@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         refiner: Optional[str] = typer.Option(None, "--refiner", help="SDXL refiner (hub id, folder or file)."),
+        model_config: Optional[str] = typer.Option(None, "--model-config", help="For a single-file --model: diffusers folder (or hub id) with its configs, or the original .yaml; needed offline."),
         refiner_start: float = typer.Option(0.8, "--refiner-start", help="Fraction of the schedule where the refiner takes over."),
         prior: Optional[str] = typer.Option(None, "--prior", help="Kandinsky 2.2 prior [default: kandinsky-community/kandinsky-2-2-prior]."),
         stage_2: Optional[str] = typer.Option(None, "--stage-2", help="DeepFloyd IF stage II (super-resolution; the map acts there too)."),
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
             validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
             prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
-            ed = load_editor(model, refiner, device, dtype, **_family_kw(prior, stage_2, stage_3))
+            ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
             ed.refiner_start = refiner_start
             images = ed.edit(
                 img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
@@ -64,6 +65,14 @@ def register(app: typer.Typer) -> None:
             save_outputs(images, output)
 
         run_command(body)
+
+
+def _config_kw(model_config: Optional[str]) -> dict[str, str]:
+    """--model-config: a .yaml is the original (LDM) config, anything else a diffusers folder or hub id."""
+    if not model_config:
+        return {}
+    key = "original_config" if model_config.endswith((".yaml", ".yml")) else "config"
+    return {key: model_config}
 
 
 def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[str]) -> dict[str, str]:
