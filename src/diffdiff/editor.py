@@ -435,3 +435,20 @@ class Editor:
         from .fan import fan
 
         return fan(self, image, prompt, columns, min_strength, max_strength, change_map, **edit_kwargs)
+
+    # DiffEdit and automatic change maps from text (logic in diffedit.py) ---------------------------
+    def auto_map(self, image: ImageLike, source_prompt: str, target_prompt: str, num_maps: int = 10,
+                 encode_strength: float = 0.5, seed: Optional[int] = None, **kw: Any) -> Image.Image:
+        """Continuous change map (PIL "L", image size) where the two prompts' noise predictions differ."""
+        from .diffedit import auto_map
+
+        return auto_map(self, image, source_prompt, target_prompt, num_maps, encode_strength, seed, **kw)
+
+    def diffedit(self, image: ImageLike, source_prompt: str, target_prompt: str, mask: Any = None,
+                 threshold: float = 0.5, encode_ratio: float = 0.5, num_inference_steps: int = 50,
+                 seed: Optional[int] = None, **kw: Any) -> Any:
+        """DiffEdit: DDIM-invert under the source prompt, decode under the target inside the mask only."""
+        from .diffedit import diffedit
+
+        return diffedit(self, image, source_prompt, target_prompt, mask, threshold, encode_ratio,
+                        num_inference_steps, seed, **kw)

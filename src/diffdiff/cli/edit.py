@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     def edit(
         image: Path = typer.Argument(..., help="Image to edit (PNG, JPEG, WebP, ...)."),
         change_map: Optional[Path] = typer.Option(None, "--map", "-m", help="Change map: greyscale image, white = change (see --polarity)."),
+        auto_map: Optional[str] = typer.Option(None, "--auto-map", help="Instead of --map: find the map from text; give what the image shows now (DiffEdit-style, --prompt is the target)."),
         prompt: str = typer.Option(..., "--prompt", "-p", help="What the edited image should show."),
         output: Path = typer.Option(..., "--output", "-o", help="Output PNG; several images get -1, -2, ... suffixes."),
         negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
@@ -44,23 +45,27 @@ def register(app: typer.Typer) -> None:
             from ..io import check_output_path, file_sha256, open_image
 
             img = open_image(image, "image")
-            if change_map is None:
-                raise DiffDiffError("a change map is required: pass --map MAP (or make one with 'diffdiff map')")
-            cmap = open_image(change_map, "change map")
+            if (change_map is None) == (auto_map is None):
+                raise DiffDiffError("pass one of --map MAP or --auto-map SOURCE_PROMPT (see 'diffdiff map' to make maps)")
+            cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
             from ..changemap import prepare_change_map
             from ..editor import validate_edit_params
 
             validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
-            prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
+            if cmap is not None:
+                prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
             ed.refiner_start = refiner_start
+            if cmap is None:
+                cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
             images = ed.edit(
                 img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
+                strength=strength, seed=seed, num_images=num_images,
+                polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
                 paste_back=paste_back,
-                metadata={"map_file": change_map.name, "map_file_sha256": file_sha256(change_map),
-                          "image_file": image.name},
+                metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
+                                                       if change_map is not None else {"auto_map_source": auto_map})},
             )
             save_outputs(images, output)
 
