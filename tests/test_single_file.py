@@ -25,6 +25,9 @@ from diffdiff.testing import (
     save_single_file,
 )
 
+# 4 steps keep the test fast; the editor's few-steps warning is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:only 4 denoising steps")
+
 
 def _single(folder: Path, out: Path) -> tuple[Path, Path]:
     """(checkpoint file, config-only folder) for a diffusers folder."""
