@@ -29,6 +29,7 @@ from diffdiff.testing import (
     build_tiny_kandinsky22,
     build_tiny_lcm,
     build_tiny_sd3,
+    build_tiny_x4_upscaler,
     sample_image,
 )
 
@@ -201,6 +202,18 @@ def test_kandinsky_full_change_matches_combined_img2img(kandinsky_editor: Editor
     assert torch.equal(ours, ref)
 
 
+def test_kandinsky_combined_pipeline_is_split(kandinsky_editor: Editor) -> None:
+    from diffusers import KandinskyV22Img2ImgCombinedPipeline
+
+    prior, decoder = kandinsky_editor.adapter.prior, kandinsky_editor.pipe  # type: ignore[attr-defined]
+    combined = KandinskyV22Img2ImgCombinedPipeline(
+        **decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()}
+    )
+    ed = Editor(combined, progress=False)
+    assert ed.family == "kandinsky2.2" and ed.pipe is combined.decoder_pipe
+    assert ed.adapter.prior is combined.prior_pipe  # type: ignore[attr-defined]
+
+
 def test_kandinsky_prior_defaults_to_hub_prior(kandinsky_paths: tuple[Path, Path]) -> None:
     # Offline, the default prior cannot be fetched: the message names the id it tried.
     with pytest.raises(DiffDiffError, match=DEFAULT_KANDINSKY_PRIOR):
@@ -230,6 +243,22 @@ def test_if_stage_1_full_change_matches_diffusers_img2img(if_editor: Editor) -> 
                output_type="pt").images
     assert ours.shape == (1, 3, 16, 16)
     assert torch.equal(ours, ref)
+
+
+def test_if_stage_3_upscales_without_map_and_keeps_pixels(if_editor: Editor, fam_dir: Path) -> None:
+    x4 = build_tiny_x4_upscaler(fam_dir / "x4")
+    ed = Editor.from_pretrained(if_editor.model_name, stage_2=fam_dir / "if-II", stage_3=x4, progress=False)
+    img = sample_image(96, 64, seed=4)  # not square: IF keeps the aspect ratio at every stage
+    change = np.zeros((64, 96), np.float32)
+    change[:, 48:] = 1.0
+    out = ed.edit(img, change, "a red cat", num_inference_steps=2, seed=3, guidance_scale=3.0)
+    info = ed.last_run
+    assert info.pipeline_calls == 3 and info.work_size == (192, 128)  # stage II 48x32, x4
+    assert len(info.records) == 2  # the upscaler ran without the map
+    res, src = np.asarray(out[0]), np.asarray(img)
+    assert out[0].size == img.size
+    np.testing.assert_array_equal(res[:, :48], src[:, :48])
+    assert np.abs(res[:, 48:].astype(int) - src[:, 48:]).mean() > 5
 
 
 # --- generic adapter, few-step models, unsupported pipelines ------------------------------------------

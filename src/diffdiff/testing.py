@@ -623,3 +623,34 @@ def copy_model_configs(diffusers_folder: str | Path, out_folder: str | Path) -> 
             (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dst / f.relative_to(src))
     return dst
+
+
+def build_tiny_x4_upscaler(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny x4 latent upscaler (IF's usual stage III): 7-channel UNet, x4 VAE, noise-level labels."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=7, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16, num_class_embeds=351,
+    ).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        scaling_factor=0.08333,
+    ).eval()
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=_clip_text_encoder(32, seed=seed), tokenizer=_tokenizer(path.parent / f".tok-{path.name}"),
+        unet=unet, low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, watermarker=None, max_noise_level=350,
+    )
+    pipe.save_pretrained(path)
+    return path
