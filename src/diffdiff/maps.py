@@ -32,6 +32,9 @@ SOFT_CUTOFF_SIGMAS = 3.0
 #: Gaussian blur kernels are truncated at this many sigmas (so far-away zeros stay exactly 0).
 BLUR_TRUNCATE_SIGMAS = 3.0
 
+# Tolerance for float32 round-off when comparing map values with user thresholds.
+_EPS = 1e-6
+
 # Largest map we generate from a --size argument (a typo such as 10000x10000 should fail fast).
 MAX_SIDE = 16384
 
@@ -231,8 +234,12 @@ def levels(change_map: MapLike, black: float = 0.0, white: float = 1.0, gamma: f
         raise DiffDiffError(f"white point ({white}) must be greater than black point ({black})")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise DiffDiffError(f"gamma must be a number > 0, got {gamma!r}")
-    t = np.clip((_read(change_map) - black) / (white - black), 0.0, 1.0)
-    return _like(change_map, t ** (1.0 / gamma))
+    x = _read(change_map)
+    t = np.clip((x - black) / (white - black), 0.0, 1.0) ** (1.0 / gamma)
+    # float32 inputs carry ~1e-8 error (0.2 -> 0.2000000030): still "at" the black/white point.
+    t[x <= black + _EPS] = 0.0
+    t[x >= white - _EPS] = 1.0
+    return _like(change_map, t)
 
 
 def blur(change_map: MapLike, sigma: float) -> MapOut:
