@@ -552,7 +552,7 @@ def decode(
     """
     x = inverted[0].to(torch.float32).repeat(num_images, 1, 1, 1)
     schedule = SimpleNamespace(timesteps=torch.tensor(list(timesteps)), order=1)
-    mask = latent_mask.to(torch.float32)
+    mask = latent_mask.to(x.device, torch.float32)
     hook = DifferentialStep(
         change=mask,
         capture=NoiseCapture(predictor.ddim),
@@ -569,7 +569,7 @@ def decode(
             # DDIM with stochasticity eta (Song et al. eq. 16): part of eps is replaced by fresh noise.
             sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)) ** 0.5
             x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-            z = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)  # CPU draws: same on any device
             x = a_next**0.5 * x0 + max(1 - a_next - sigma**2, 0.0) ** 0.5 * eps + sigma * z
         else:
             x = ddim_move(x, eps, a_t, a_next)
@@ -663,7 +663,7 @@ def diffedit(
     editor.last_diffedit = run  # type: ignore[attr-defined]
     if output_type == "pil" and not mask_arr.any():
         warnings.warn("the DiffEdit mask is empty: nothing to edit, returning the input unchanged",
-                      _warning_category(), stacklevel=2)
+                      _warning_category(), stacklevel=3)
         return [_finish(source.copy(), meta, i) for i in range(num_images)]
 
     work = _work_image(editor, source)
