@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffdiff import DiffDiffError, Editor, UnsupportedModelError, read_metadata
-from diffdiff.adapters import DEFAULT_KANDINSKY_PRIOR, round_to_levels, supported_families
+from diffdiff.adapters import DEFAULT_KANDINSKY_PRIOR, GenericAdapter, round_to_levels, supported_families
 from diffdiff.cli import app
 from diffdiff.core import free_mask, quantised_levels
 from diffdiff.testing import (
@@ -274,6 +274,20 @@ def test_generic_lcm_halves_batch_and_equivalence(lcm_editor: Editor) -> None:
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("a red cat", image=sample_image(64, 64, seed=3), num_inference_steps=STEPS, strength=1.0,
                generator=torch.Generator().manual_seed(11), output_type="latent").images
+    assert torch.equal(ours, ref)
+
+
+def test_generic_adapter_drives_an_unknown_flow_matching_pipeline(sd3_editor: Editor) -> None:
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    # Pretend SD3 had no adapter: the generic one must find scale_noise and still match diffusers.
+    ed = Editor(StableDiffusion3Img2ImgPipeline(**sd3_editor.pipe.components), progress=False)
+    ed.adapter = GenericAdapter(ed.pipe)
+    assert ed.adapter.noise_method == "scale_noise"
+    ours = _full_change_latents(ed)
+    ref = StableDiffusion3Img2ImgPipeline(**ed.pipe.components)(
+        "a red cat", image=sample_image(64, 64, seed=3), num_inference_steps=STEPS, strength=1.0, height=64, width=64,
+        generator=torch.Generator().manual_seed(11), output_type="latent").images
     assert torch.equal(ours, ref)
 
 

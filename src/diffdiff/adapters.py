@@ -394,7 +394,6 @@ class DeepFloydIFAdapter(Adapter):
         if trajectory is not None and self.stage_2 is not None:
             raise DiffDiffError("custom trajectories work with IF stage I only; load it without stage_2")
         generator = torch.Generator().manual_seed(int(seed))
-        guidance = self.default_guidance() if guidance_scale is None else guidance_scale
         # Caption cleaning needs bs4 + ftfy; without them diffusers warns and skips it anyway.
         clean = bool(is_bs4_available() and is_ftfy_available())
         info = RunInfo()
@@ -407,6 +406,8 @@ class DeepFloydIFAdapter(Adapter):
             hook = DifferentialStep(change=to_latent_map(change, h, w).to(stage.device), capture=capture,
                                     trajectory=trajectory if index == 0 else None)
             final = stage is last_map_stage and self.stage_3 is None and output_type != "latent"
+            # DeepFloyd's recommended guidance: 7 for stage I, 4 for stage II, unless the user sets one.
+            guidance = guidance_scale if guidance_scale is not None else (7.0 if index == 0 else 4.0)
             kw: dict[str, Any] = dict(
                 strength=strength, num_inference_steps=num_inference_steps, generator=generator,
                 guidance_scale=guidance, clean_caption=clean, callback=_legacy_callback(stage, hook),
