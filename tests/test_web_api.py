@@ -345,3 +345,32 @@ def test_full_queue_gives_503_retry_after_then_recovers(live_gated: tuple[str, G
     wait_for(lambda: service.stats() == {"running": 0, "waiting": 0, "capacity": 2}, "the queue to drain")
     again = httpx.post(f"{base}/api/edit", files=edit_files(image, half_map(96, 64)), data=data, timeout=60)
     assert again.status_code == 200
+
+
+# the command ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--port", "0"], "--port"), (["--queue-size", "-1"], "--queue-size"), (["--max-pixels", "0"], "--max-pixels")],
+)
+def test_serve_rejects_bad_options_before_loading(args: list[str], needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from diffdiff.cli import app
+
+    # A model path that does not exist: the option error must come first, as one line.
+    result = CliRunner().invoke(app, ["serve", "--model", "/nonexistent/model", *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and needle in lines[-1], result.output
+
+
+def test_serve_help_documents_defaults() -> None:
+    from typer.testing import CliRunner
+
+    from diffdiff.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ("--model", "--host", "--port", "--max-pixels", "--queue-size"):
+        assert option in result.output
+    assert "127.0.0.1" in result.output
