@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         refiner: Optional[str] = typer.Option(None, "--refiner", help="SDXL refiner (hub id, folder or file)."),
         model_config: Optional[str] = typer.Option(None, "--model-config", help="For a single-file --model: diffusers folder (or hub id) with its configs, or the original .yaml; needed offline."),
         refiner_start: float = typer.Option(0.8, "--refiner-start", help="Fraction of the schedule where the refiner takes over."),
-        prior: Optional[str] = typer.Option(None, "--prior", help="Kandinsky 2.2 prior [default: kandinsky-community/kandinsky-2-2-prior]."),
+        prior: Optional[str] = typer.Option(None, "--prior", help="Kandinsky 2.2 prior (default: kandinsky-community/kandinsky-2-2-prior)."),
         stage_2: Optional[str] = typer.Option(None, "--stage-2", help="DeepFloyd IF stage II (super-resolution; the map acts there too)."),
         stage_3: Optional[str] = typer.Option(None, "--stage-3", help="DeepFloyd IF stage III x4 upscaler (map-free)."),
         steps: int = typer.Option(50, "--steps", "-s", help="Number of inference steps."),
