@@ -126,8 +126,14 @@ def prepare_change_map(
 def to_latent_map(change: np.ndarray, latent_height: int, latent_width: int) -> torch.Tensor:
     """Downsample an image-size change map to the denoiser's grid as a (1, 1, h, w) tensor."""
     t = torch.from_numpy(np.ascontiguousarray(change))[None, None]
-    if t.shape[-2:] != (latent_height, latent_width):
-        t = F.interpolate(t, size=(latent_height, latent_width), mode="bilinear", antialias=True, align_corners=False)
+    if t.shape[-2:] == (latent_height, latent_width):
+        return t.clamp(0, 1)
+    if t.shape[-2] >= latent_height and t.shape[-1] >= latent_width:
+        # Each latent pixel takes the mean of the image pixels it covers (box filter): a block of
+        # constant map value stays exactly that value on the grid.
+        t = F.adaptive_avg_pool2d(t, (latent_height, latent_width))
+    else:
+        t = F.interpolate(t, size=(latent_height, latent_width), mode="bilinear", align_corners=False)
     return t.clamp(0, 1)
 
 
