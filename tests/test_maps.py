@@ -226,7 +226,7 @@ def test_from_depth_near_far():
 def test_preview_uses_the_quantised_levels(image64):
     uniform = np.full((64, 64), 0.5, dtype=np.float32)
     prev = maps.preview(image64, uniform, steps=10)
-    # 10 steps, change 0.5: free from the step whose threshold (10 - k) / 10 <= 0.5, i.e. 5 steps.
+    # 10 steps, change 0.5: the pixel behaves like img2img at strength 0.5, i.e. 5 steps.
     assert prev.info["diffdiff_levels"] == {5: 64 * 64}
     assert prev.width >= 64 and prev.height > prev.width  # legend strip under the image
 

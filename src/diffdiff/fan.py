@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .changemap import MapLike, Polarity, prepare_change_map
+from .core import quantised_levels
 from .errors import DiffDiffError
 
 if TYPE_CHECKING:
@@ -68,9 +70,10 @@ def fan_map(
     """The band map (float32, H x W) for one edit at ``max_strength``.
 
     ``planned_steps(n, s)`` is the model's executed-step rule (default: diffusers' ``int(n * s)``).
-    A band at strength ``s`` gets ``(k + 0.5) / P`` where ``k`` = planned steps at ``s`` and ``P`` at
-    ``max_strength``: the half-step margin makes :func:`diffdiff.core.free_mask` release it after
-    exactly ``k`` steps despite float round-off in resizing. ``k = 0`` gives exactly 0.
+    A band at strength ``s`` gets the map value for which :func:`diffdiff.core.quantised_levels`
+    says a pixel follows the model for ``k`` = planned steps at ``s`` (out of ``P`` at
+    ``max_strength``): the middle of that value interval, so float round-off in resizing cannot
+    push it to a neighbouring level. ``k = 0`` gives exactly 0.
     """
     rule = planned_steps or (lambda n, s: min(int(n * s), n))
     w, h = size
@@ -79,11 +82,28 @@ def fan_map(
     row = np.zeros(w, dtype=np.float64)
     for i, s in enumerate(strengths):
         k = rule(num_inference_steps, s)
-        row[edges[i]:edges[i + 1]] = 0.0 if k == 0 or total == 0 else min(1.0, (k + 0.5) / total)
+        row[edges[i]:edges[i + 1]] = level_value(k, total)
     arr = np.broadcast_to(row[None, :], (h, w))
     if change_map is not None:
         arr = arr * change_map
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def level_value(k: int, total: int) -> float:
+    """A map value that :func:`diffdiff.core.quantised_levels` turns into exactly ``k`` of ``total`` steps.
+
+    Found by sampling the core rule (so it follows the rule's tie convention) and taking the middle
+    of the interval of values giving ``k``.
+    """
+    if k <= 0 or total <= 0:
+        return 0.0
+    if k >= total:
+        return 1.0
+    grid = torch.linspace(0.0, 1.0, 16 * total + 1, dtype=torch.float64)
+    hits = grid[quantised_levels(grid, total) == k]
+    if hits.numel() == 0:  # pragma: no cover - the core rule reaches every level
+        return k / total
+    return float((hits.min() + hits.max()) / 2)
 
 
 def fan(
