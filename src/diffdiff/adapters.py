@@ -179,17 +179,24 @@ class StableDiffusionXLAdapter(Adapter):
 def round_to_levels(change: torch.Tensor, total_steps: int) -> torch.Tensor:
     """Snap a change map so each pixel follows the model for ``round(m * N)`` of the N steps.
 
-    :mod:`diffdiff.core` quantises a value m to ``ceil(m * N)`` followed steps, so with the 1-4 steps
-    of Turbo, schnell or LCM a value of 0.3 behaves like 0.5 at N = 4. Nearest-level rounding halves
-    the worst error and removes the bias. The new value sits mid-level ((j - 0.5) / N), far from the
-    thresholds, so float rounding cannot move a pixel across one. Zeros stay zero, ones stay one.
+    :mod:`diffdiff.core` quantises a value m to a whole number of followed steps (ceil(m * N) with
+    its strict threshold), so with the 1-4 steps of Turbo, schnell or LCM a value of 0.3 behaves
+    like 0.5 at N = 4. Nearest-level rounding halves the worst error and removes the bias. Each
+    level j is replaced by a value that :func:`diffdiff.core.quantised_levels` itself maps to
+    exactly j steps, so this stays right whatever the threshold's direction. Zeros stay zero.
     """
+    from .core import quantised_levels
+
     if total_steps <= 0:
         return change
-    levels = torch.floor(change * total_steps + 0.5)
-    snapped = ((levels - 0.5) / total_steps).clamp(min=0)
-    snapped = torch.where(levels <= 0, torch.zeros_like(change), snapped)
-    return torch.where(change >= 1, torch.ones_like(change), snapped)
+    table = torch.zeros(total_steps + 1, dtype=change.dtype, device=change.device)
+    for j in range(1, total_steps + 1):
+        candidates = torch.tensor([j / total_steps, (j - 0.5) / total_steps, min(1.0, (j + 0.5) / total_steps)],
+                                  dtype=change.dtype, device=change.device)
+        ok = (quantised_levels(candidates, total_steps) == j).nonzero().flatten()
+        table[j] = candidates[int(ok[0])] if len(ok) else j / total_steps
+    levels = torch.floor(change * total_steps + 0.5).clamp(0, total_steps).long()
+    return table[levels]
 
 
 def _flow_planned_steps(num_inference_steps: int, strength: float) -> int:
