@@ -1,0 +1,498 @@
+"""diffdiff benchmark suite: one table of side-by-side ratios, written to benchmarks/RESULTS.md.
+
+    python benchmarks/run.py            # full run (several minutes on 2 CPU cores)
+    python benchmarks/run.py --quick    # about a minute
+    python benchmarks/run.py --gpu      # adds real-size SDXL (random weights, fp16) when CUDA exists
+
+Every comparison runs its two sides in the same process, interleaved (A B, B A, A B, ...) after a
+warm-up of each, and reports the medians and the median of the per-pair ratios: on a shared, noisy
+machine the pairs drift together, so their ratio is far steadier than either time. Peak memory is
+measured in fresh subprocesses (ru_maxrss above the RSS just before the call), interleaved too.
+CPU numbers use the tiny random-weight models from :mod:`diffdiff.testing`; the images are noise,
+the work (shapes, steps, encodes) is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "a watercolour fox"
+
+
+# measurement ----------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of the table: ``ours`` vs ``base`` (seconds or MiB) and their ratio against a goal."""
+
+    name: str
+    setting: str
+    ours: str = "-"
+    base: str = "-"
+    ratio: Optional[float] = None
+    goal: str = ""
+    note: str = ""
+
+
+@dataclass
+class Report:
+    mode: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    memory_table: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(_fmt_row(row), flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+
+def _fmt_row(r: Row) -> str:
+    ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
+    return f"| {r.name} | {r.setting} | {r.ours} | {r.base} | {ratio} | {r.goal} |"
+
+
+def side_by_side(a: Callable[[], Any], b: Callable[[], Any], reps: int) -> tuple[float, float, float]:
+    """Median seconds of ``a`` and ``b`` and the median per-pair ratio a/b (interleaved, warmed up)."""
+    a()
+    b()
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(reps):
+        order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
+        for which in order:
+            fn, out = (a, ta) if which == 0 else (b, tb)
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    ratio = statistics.median(x / y for x, y in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
+def _secs(x: float) -> str:
+    return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
+
+
+# setup ------------------------------------------------------------------------------------------------
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _quiet() -> None:
+    from diffdiff.cli.common import quiet_third_party
+
+    quiet_third_party(True)
+    warnings.filterwarnings("ignore")
+
+
+def build_families(root: Path, names: list[str], report: Report) -> dict[str, Any]:
+    """Editors for every family whose tiny builder exists in :mod:`diffdiff.testing` (others noted)."""
+    from diffdiff import Editor, testing
+
+    editors: dict[str, Any] = {}
+    for name in names:
+        try:
+            if name == "kandinsky":
+                builder = getattr(testing, "build_tiny_kandinsky22", None)
+                if builder is None:
+                    raise LookupError
+                dec, prior = builder(root / "kandinsky", root / "kandinsky-prior")
+                editors[name] = Editor.from_pretrained(dec, prior=prior, progress=False)
+            elif name == "if":
+                builder = getattr(testing, "build_tiny_if", None)
+                if builder is None:
+                    raise LookupError
+                stage_1, _ = builder(root / "if-1", size_1=64)
+                editors[name] = Editor.from_pretrained(stage_1, progress=False)
+            else:
+                builder = getattr(testing, f"build_tiny_{name}", None)
+                if builder is None:
+                    raise LookupError
+                editors[name] = Editor.from_pretrained(builder(root / name), progress=False)
+        except LookupError:
+            report.note(f"{name}: no tiny builder in diffdiff.testing yet; skipped")
+        except Exception as exc:  # a family another engineer is still wiring up
+            report.note(f"{name}: could not be built/loaded ({type(exc).__name__}: {str(exc)[:120]}); skipped")
+    return editors
+
+
+# sections ---------------------------------------------------------------------------------------------
+def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, report: Report) -> None:
+    """Change-map edit vs the same pipeline's plain img2img call (same steps, size, seed, strength)."""
+    import torch
+
+    from diffdiff.testing import gradient_map, sample_image
+
+    for name, ed in editors.items():
+        s = 64 if name == "if" else size  # pixel-space IF is ~12x slower per pixel (NOTES.md)
+        w, h = ed.work_size(s, s)
+        img, cmap = sample_image(w, h, seed=1), gradient_map(w, h)
+
+        def edit(ed: Any = ed, img: Any = img, cmap: Any = cmap) -> Any:
+            return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, strength=1.0, seed=3)
+
+        def plain(ed: Any = ed, img: Any = img, w: int = w, h: int = h) -> Any:
+            gen = torch.Generator().manual_seed(3)
+            kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, w, h)
+            with torch.inference_mode():
+                return ed.pipe(**kw, output_type="pil").images
+
+        try:
+            ta, tb, ratio = side_by_side(edit, plain, reps)
+        except Exception as exc:
+            report.note(f"{name}: timing failed ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
+        report.add(Row("edit / img2img", f"{name} {w}x{h}, {steps} steps", _secs(ta), _secs(tb), ratio, "<= 1.02"))
+
+
+def bench_fan_section(editors: dict[str, Any], quick: bool, report: Report) -> None:
+    """The strength fan (k columns, one edit) vs k separate edits: ``bench_fan`` from bench_fan.py."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from bench_fan import bench_fan  # type: ignore[import-not-found]
+    except ImportError:
+        report.note("strength fan: benchmarks/bench_fan.py (bench_fan) not found; skipped")
+        return
+    import inspect
+
+    offered = {"editor": editors.get("sd"), "ed": editors.get("sd"), "quick": quick}
+    params = inspect.signature(bench_fan).parameters
+    try:
+        res = bench_fan(**{k: v for k, v in offered.items() if k in params})
+    except Exception as exc:
+        report.note(f"strength fan: bench_fan failed ({type(exc).__name__}: {str(exc)[:120]})")
+        return
+    for item in res if isinstance(res, list) else [res]:
+        if isinstance(item, Row):
+            report.add(item)
+        elif isinstance(item, dict) and "ratio" in item:
+            k = item.get("k", item.get("columns", "k"))
+            ours = item.get("fan_s", item.get("ours"))
+            base = item.get("separate_s", item.get("base"))
+            report.add(Row(
+                "fan / k edits", str(item.get("setting", f"k={k}")),
+                _secs(ours) if isinstance(ours, (int, float)) else str(ours or "-"),
+                _secs(base) if isinstance(base, (int, float)) else str(base or "-"),
+                float(item["ratio"]), str(item.get("goal", f"<= 1/{k} + 0.05")),
+            ))
+        else:
+            report.note(f"strength fan: bench_fan returned {str(item)[:200]}")
+
+
+def bench_crop(ed: Any, size: int, spot: int, steps: int, reps: int, report: Report) -> None:
+    """A ``spot``-pixel change on a ``size``-pixel image: crop=True vs the full frame."""
+    import numpy as np
+
+    from diffdiff.testing import sample_image
+
+    img = sample_image(size, size, seed=2)
+    cmap = np.zeros((size, size), np.float32)
+    lo = (size - spot) // 2
+    cmap[lo:lo + spot, lo:lo + spot] = np.linspace(0.3, 1.0, spot, dtype=np.float32)
+    box: list[Any] = []
+
+    def crop() -> Any:
+        out = ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=4, crop=True)
+        box[:] = out[0].info["diffdiff"]["crop"]["box"]
+        return out
+
+    def full() -> Any:
+        return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=4)
+
+    tc, tf, ratio = side_by_side(crop, full, reps)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    report.add(Row("crop / full frame", f"{spot}² change on {size}² ({ed.family}, box {bw}x{bh}, {steps} steps)",
+                   _secs(tc), _secs(tf), ratio, "<= 0.333 (>= 3x faster)"))
+
+
+def _child_cmd(model: Path, mode: str, size: int, steps: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--model", str(model),
+            "--size", str(size), "--steps", str(steps)]
+
+
+def run_child(model: Path, mode: str, size: int, steps: int) -> dict[str, Any]:
+    proc = subprocess.run(_child_cmd(model, mode, size, steps), capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "child failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_main(mode: str, model: str, size: int, steps: int) -> None:
+    """In a fresh process: load, warm up at a tiny size, then one call; print peak-memory JSON."""
+    import psutil
+    import torch
+
+    _threads()
+    _quiet()
+    from diffdiff import Editor
+    from diffdiff.testing import gradient_map, sample_image
+
+    ed = Editor.from_pretrained(model, progress=False)
+    ed.edit(sample_image(64, 64), gradient_map(64, 64), PROMPT, num_inference_steps=2, seed=0)  # lazy inits
+    img, cmap = sample_image(size, size, seed=1), gradient_map(size, size)
+    if mode == "img2img":
+        from diffdiff.perf import configure_memory
+
+        configure_memory(ed, size, size)  # the same VAE settings the edit would get
+    before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    if mode == "edit":
+        ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
+    else:
+        gen = torch.Generator().manual_seed(3)
+        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, size, size)
+        with torch.inference_mode():
+            ed.pipe(**kw, output_type="pil")
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"before": before, "peak": peak, "extra": max(0, peak - before), "seconds": seconds,
+                      "tiled": bool(getattr(ed.pipe.vae, "use_tiling", False))}))
+
+
+def bench_memory(model: Path, size: int, steps: int, reps: int, report: Report) -> None:
+    """Peak memory of an edit vs plain img2img, each in fresh subprocesses, interleaved."""
+    extra: dict[str, list[int]] = {"edit": [], "img2img": []}
+    peaks: dict[str, list[int]] = {"edit": [], "img2img": []}
+    for i in range(reps):
+        for mode in (("edit", "img2img") if i % 2 == 0 else ("img2img", "edit")):
+            res = run_child(model, mode, size, steps)
+            extra[mode].append(res["extra"])
+            peaks[mode].append(res["peak"])
+    e, p = statistics.median(extra["edit"]), statistics.median(extra["img2img"])
+    mib = 2**20
+    report.add(Row("peak memory, edit / img2img", f"sd {size}x{size}, above RSS before the call "
+                   f"(process peak {statistics.median(peaks['edit']) / mib:.0f} vs "
+                   f"{statistics.median(peaks['img2img']) / mib:.0f} MiB)",
+                   f"{e / mib:.0f} MiB", f"{p / mib:.0f} MiB", e / max(p, 1), "<= 1.05"))
+
+
+def memory_per_resolution(model: Path, sizes: list[int], steps: int, report: Report) -> None:
+    """Peak memory of one edit per image size (tiny SD; tiling switches on by itself)."""
+    for size in sizes:
+        try:
+            res = run_child(model, "edit", size, steps)
+        except Exception as exc:
+            report.note(f"memory at {size}²: failed ({exc})")
+            continue
+        report.memory_table.append((f"{size}x{size}", f"{res['extra'] / 2**20:.0f} MiB",
+                                    "on" if res["tiled"] else "off", _secs(res["seconds"])))
+        print(f"memory {size}: {report.memory_table[-1]}", flush=True)
+
+
+# GPU: real SDXL architecture, random weights ------------------------------------------------------------
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)
+SDXL_VAE = dict(
+    sample_size=1024, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025, force_upcast=True,
+)
+# CLIP ViT-L/14 text tower and OpenCLIP ViT-bigG/14 text tower (SDXL's two encoders).
+SDXL_TEXT = (
+    dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+         projection_dim=768, hidden_act="quick_gelu"),
+    dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+         projection_dim=1280, hidden_act="gelu"),
+)
+
+
+def build_real_sdxl(folder: Path, dtype: Any, device: str) -> Any:
+    """SDXL base img2img at its published sizes with random weights (nothing downloaded)."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from diffdiff.testing import _tokenizer, clip_vocab_size, make_scheduler
+
+    torch.manual_seed(0)
+    vocab = clip_vocab_size()  # our character tokenizer; the towers' size is what costs time
+    ids = dict(vocab_size=vocab, max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+               pad_token_id=vocab - 1)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**SDXL_UNET).to(dtype).eval()
+        vae = AutoencoderKL(**SDXL_VAE).to(dtype).eval()
+        enc1 = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT[0], **ids)).to(dtype).eval()
+        enc2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT[1], **ids)).to(dtype).eval()
+    tok = _tokenizer(folder / "tok")
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=enc1, text_encoder_2=enc2, tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=make_scheduler("euler"),
+    )
+
+
+def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
+    import torch
+
+    from diffdiff import Editor
+    from diffdiff.testing import gradient_map, sample_image
+
+    if not torch.cuda.is_available():
+        report.note("GPU section not run: no CUDA device on this machine (run with --gpu where one exists)")
+        return
+    pipe = build_real_sdxl(root, torch.float16, "cuda")
+    ed = Editor(pipe, model_name="sdxl-architecture-random-fp16", progress=False)
+    img, cmap = sample_image(1024, 1024, seed=1), gradient_map(1024, 1024)
+    stamps: list[float] = []
+
+    def edit() -> Any:
+        out = ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
+        torch.cuda.synchronize()
+        return out
+
+    def plain() -> Any:
+        gen = torch.Generator().manual_seed(3)
+        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, 1024, 1024)
+
+        def stamp(p: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+            return kw
+
+        with torch.inference_mode():
+            out = pipe(**kw, output_type="pil", callback_on_step_end=stamp)
+        torch.cuda.synchronize()
+        return out
+
+    ta, tb, ratio = side_by_side(edit, plain, reps)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:]) if 0 < b - a < 10]
+    name = torch.cuda.get_device_name()
+    report.add(Row("GPU edit / img2img", f"SDXL 1024², fp16, {steps} steps, {name}", _secs(ta), _secs(tb), ratio,
+                   "<= 1.02"))
+    report.note(f"GPU: {statistics.median(gaps) * 1000:.1f} ms per UNet step (SDXL, 1024², CFG batch 2), "
+                f"{ta:.2f} s per 1024² edit; peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+# output -----------------------------------------------------------------------------------------------
+def machine() -> str:
+    import diffusers
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"{cpu}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; GPU: {gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
+            f"load average at the end {load}")
+
+
+def write_results(report: Report, path: Path, seconds: float) -> None:
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [
+        "# diffdiff benchmark results",
+        "",
+        f"Latest run: {when}, mode `{report.mode}`, {seconds:.0f} s. Machine: {machine()}.",
+        "",
+        "Ratios are ours / baseline, measured side by side in one run (interleaved repetitions, medians of",
+        "per-pair ratios); lower is better. CPU rows use the tiny random-weight models of `diffdiff.testing`.",
+        "",
+        "| benchmark | setting | diffdiff | baseline | ratio | goal |",
+        "|---|---|---|---|---|---|",
+        *[_fmt_row(r) for r in report.rows],
+    ]
+    if report.memory_table:
+        lines += ["", "## Peak memory per resolution (tiny SD, one edit, memory above the loaded model)", "",
+                  "| image | peak extra RSS | tiled VAE | time |", "|---|---|---|---|",
+                  *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report.memory_table]]
+    gpu_ran = any(r.name.startswith("GPU") for r in report.rows)
+    if not gpu_ran and not any(n.startswith("GPU") for n in report.notes):
+        report.notes.append("GPU section not run (pass --gpu on a machine with CUDA)")
+    lines += ["", "## Notes", "", *[f"- {n}" for n in report.notes], ""]
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="about one minute")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes, for the test suite")
+    ap.add_argument("--gpu", action="store_true", help="real-size SDXL section (needs CUDA)")
+    ap.add_argument("--memory-sizes", default=None, help="comma list of sizes for the memory-per-resolution table")
+    ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--child", choices=("edit", "img2img"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child_main(args.child, args.model, args.size, args.steps)
+        return 0
+
+    t_start = time.perf_counter()
+    _threads()
+    _quiet()
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    report = Report(mode)
+    # (family size, steps, reps), crop (image, spot, steps, reps), memory (size, steps, reps), per-resolution sizes
+    cfg = {
+        "smoke": dict(families=["sd"], fam=(64, 4, 2), crop=(256, 32, 4, 2), mem=(64, 2, 1), sizes=[]),
+        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(128, 8, 3),
+                      crop=(1024, 128, 4, 2), mem=(512, 4, 1), sizes=[]),
+        "full": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 20, 7),
+                     crop=(1024, 128, 10, 3), mem=(1024, 10, 3), sizes=[512, 1024, 2048]),
+    }[mode]
+    if args.memory_sizes:
+        cfg["sizes"] = [int(s) for s in args.memory_sizes.split(",") if s]
+    print("| benchmark | setting | diffdiff | baseline | ratio | goal |", flush=True)
+    with tempfile.TemporaryDirectory(prefix="diffdiff-bench-") as tmp:
+        root = Path(tmp)
+        editors = build_families(root, cfg["families"], report)
+        bench_families(editors, *cfg["fam"], report)
+        if mode == "smoke":
+            report.note("strength fan: not run in --smoke mode")
+        else:
+            bench_fan_section(editors, args.quick, report)
+        if "sd" in editors:
+            bench_crop(editors["sd"], *cfg["crop"], report)
+            sd_path = root / "sd"
+            bench_memory(sd_path, *cfg["mem"], report)
+            if cfg["sizes"]:
+                memory_per_resolution(sd_path, cfg["sizes"], 2, report)
+            else:
+                report.note("memory per resolution: not run in this mode (--memory-sizes 512,1024,2048,4096)")
+        if args.gpu:
+            bench_gpu(root, 30 if mode == "full" else 10, 3, report)
+        else:
+            report.note("GPU section not run (no --gpu): real-size SDXL timings need a CUDA machine")
+    write_results(report, args.output, time.perf_counter() - t_start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
