@@ -27,11 +27,24 @@ from .changemap import paste_back as paste_back_pixels
 from .errors import DiffDiffError
 from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
 from .io import image_sha256, open_image
+from .numerics import finite_vae_decode
 
 ImageLike = Union[Image.Image, str, os.PathLike]
 
 #: Below this many executed steps the map's gradation is visibly coarse.
 FEW_STEPS = 10
+
+#: Default size limit for one edit (4096 x 4096). Larger images: crop=True edits only the changed box.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise DiffDiffError(
+            f"image is {width}x{height} ({width * height / 1e6:.1f} MP), above the limit of "
+            f"{max_pixels / 1e6:.1f} MP; use --crop (crop=True) to edit only the changed region, "
+            "use a smaller image, or raise the limit with --max-pixels"
+        )
 
 
 class DiffDiffWarning(UserWarning):
@@ -144,6 +157,9 @@ class Editor:
         self.refiner_name = refiner_name
         self.progress = progress
         self.last_run = RunInfo()
+        #: Largest image (in pixels) edit() accepts; None for no limit. Guards against accidental
+        #: multi-hundred-megapixel inputs that would exhaust memory hours into a run.
+        self.max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
         self.set_progress_bar(progress)
         for part in self.adapter.parts.values():
             if hasattr(part, "set_progress_bar_config"):
@@ -237,6 +253,9 @@ class Editor:
         output_type: str = "pil",
         paste_back: bool = True,
         metadata: Optional[dict[str, Any]] = None,
+        crop: bool = False,
+        crop_padding: int = 32,
+        crop_resolution: Optional[Union[str, int]] = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -245,12 +264,21 @@ class Editor:
         ``output_type="latent"`` returns the final latents, shape (B, C, h, w).
         """
         validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
+        if crop:  # denoise only the changed region's box (diffdiff.crop), then paste it back
+            from .crop import crop_edit
+
+            return crop_edit(self, image, change_map, polarity=polarity, padding=crop_padding,
+                             resolution=crop_resolution, paste_back=paste_back, output_type=output_type,
+                             metadata=metadata, prompt=prompt, negative_prompt=negative_prompt,
+                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             strength=strength, seed=seed, num_images=num_images)
         img = self._load(image, "image")
         if isinstance(change_map, (str, os.PathLike)):
             change_map = open_image(change_map, "change map")
         width, height = img.size
         if width < 1 or height < 1:
             raise DiffDiffError("image is empty")
+        check_pixel_limit(width, height, self.max_pixels)
         change = prepare_change_map(change_map, (width, height), polarity)
         if seed is None:
             seed = secrets.randbits(31)
@@ -289,6 +317,9 @@ class Editor:
                 DiffDiffWarning,
                 stacklevel=2,
             )
+        from .perf import configure_memory
+
+        configure_memory(self, *self.work_size(width, height))  # tiled VAE above a size (diffdiff.perf)
         out = self.run(
             source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
             seed, num_images, output_type,
@@ -325,10 +356,19 @@ class Editor:
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     ) -> Any:
         """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w)."""
+        if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
+            out, self.last_run = self.adapter.run(
+                source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
+                num_images, output_type, trajectory=trajectory,
+            )
+            return out
         ww, wh = self.work_size(*source.size)
         work = source if source.size == (ww, wh) else source.resize((ww, wh), Image.Resampling.LANCZOS)
         lh, lw = self.adapter.latent_hw(ww, wh)
         latent_change = to_latent_map(change, lh, lw).to(self.device)
+        if self.adapter.is_few_step(self.model_name):
+            # Distilled models run few steps: round the map to the nearest of the N levels (unbiased).
+            latent_change = round_to_levels(latent_change, self.planned_steps(num_inference_steps, strength))
         generator = torch.Generator().manual_seed(int(seed))
         info = RunInfo(work_size=(ww, wh))
         self.last_run = info
@@ -339,19 +379,10 @@ class Editor:
 
         refiner_only = False
         use_refiner = self.refiner is not None
-        if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
-            out, self.last_run = self.adapter.run(
-                source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                num_images, output_type, trajectory=trajectory,
-            )
-            return out
         if use_refiner:
             refiner_only = self._starts_after_split(num_inference_steps, strength)
 
         first_pipe = self.refiner if refiner_only else self.pipe
-        if self.adapter.is_few_step(self.model_name):
-            # Distilled models run few steps: round the map to the nearest of the N levels (unbiased).
-            latent_change = round_to_levels(latent_change, self.planned_steps(num_inference_steps, strength))
         capture = NoiseCapture(first_pipe.scheduler, adapter.noise_method)
         hook = DifferentialStep(
             change=latent_change,
@@ -366,7 +397,7 @@ class Editor:
             first_output = "latent"
         else:
             first_output = stage_output
-        with torch.inference_mode(), capture:
+        with torch.inference_mode(), capture, finite_vae_decode(getattr(first_pipe, "vae", None)):
             result = first_pipe(
                 **first_kwargs,
                 output_type=first_output,
@@ -388,7 +419,7 @@ class Editor:
             )
             ref_kwargs = dict(kwargs, image=images, denoising_start=self.refiner_start)
             ref_kwargs.pop("strength", None)
-            with torch.inference_mode(), ref_capture:
+            with torch.inference_mode(), ref_capture, finite_vae_decode(getattr(self.refiner, "vae", None)):
                 result = self.refiner(
                     **ref_kwargs,
                     strength=strength,

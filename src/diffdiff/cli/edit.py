@@ -35,16 +35,23 @@ def register(app: typer.Typer) -> None:
         num_images: int = typer.Option(1, "--num-images", "-k", help="How many variations to produce."),
         polarity: str = typer.Option("change", "--polarity", help="'change': white = change (default). 'keep': white = keep (the paper's maps)."),
         paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy untouched (map = 0) pixels back exactly."),
+        crop: bool = typer.Option(False, "--crop", help="Denoise only the box around the changed region (faster for small edits)."),
+        crop_padding: int = typer.Option(32, "--crop-padding", help="Context pixels kept around the changed region with --crop."),
+        crop_resolution: Optional[str] = typer.Option(None, "--crop-resolution", help="'native': upscale a small --crop region to the model's native size, or a size in pixels."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
+        max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
         def body() -> None:
+            from ..editor import check_pixel_limit
             from ..errors import DiffDiffError
             from ..io import check_output_path, file_sha256, open_image
 
             img = open_image(image, "image")
+            if not crop:
+                check_pixel_limit(*img.size, max_pixels)  # before any model is loaded
             if (change_map is None) == (auto_map is None):
                 raise DiffDiffError("pass one of --map MAP or --auto-map SOURCE_PROMPT (see 'diffdiff map' to make maps)")
             cmap = open_image(change_map, "change map") if change_map is not None else None
@@ -57,13 +64,15 @@ def register(app: typer.Typer) -> None:
                 prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
             ed.refiner_start = refiner_start
+            ed.max_pixels = max_pixels
             if cmap is None:
                 cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
             images = ed.edit(
                 img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                 strength=strength, seed=seed, num_images=num_images,
                 polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
-                paste_back=paste_back,
+                paste_back=paste_back, crop=crop, crop_padding=crop_padding,
+                crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
                                                        if change_map is not None else {"auto_map_source": auto_map})},
             )
