@@ -202,8 +202,11 @@ class Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
         args = [a for a in (device, dtype) if a is not None]
         self.pipe = self.pipe.to(*args)
+        self.adapter.pipe = self.pipe
         if self.refiner is not None:
             self.refiner = self.refiner.to(*args)
+        for part in self.adapter.parts.values():  # Kandinsky prior, IF stages II/III
+            part.to(*args)
         return self
 
     @property
@@ -216,7 +219,7 @@ class Editor:
 
     def set_progress_bar(self, enabled: bool) -> None:
         self.progress = enabled
-        for p in (self.pipe, self.refiner):
+        for p in (self.pipe, self.refiner, *self.adapter.parts.values()):
             if p is not None and hasattr(p, "set_progress_bar_config"):
                 p.set_progress_bar_config(disable=not enabled, desc="diffdiff", leave=False)
 
