@@ -237,6 +237,20 @@ def test_auto_map(client: TestClient, image: Image.Image) -> None:
                                   data={"source_prompt": "a", "target_prompt": "b", "num_maps": "0"}), 422, "num_maps")
 
 
+def test_diffedit(client: TestClient, image: Image.Image) -> None:
+    if not callable(getattr(Editor, "diffedit", None)):
+        pytest.skip("Editor.diffedit is not in this diffdiff yet (issue #5)")
+    mask = png(half_map(96, 64))  # given mask: white (right half) = edit
+    r = client.post("/api/diffedit", files={"image": ("a.png", png(image), "image/png"), "mask": ("m.png", mask)},
+                    data={"source_prompt": "a bowl of apples", "target_prompt": "a bowl of pears", "steps": STEPS,
+                          "seed": "0"})
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "PNG" and out.size == (96, 64)
+    # Outside the mask the input comes back exactly.
+    assert np.array_equal(np.asarray(out.convert("RGB"))[:, :40], np.asarray(image.convert("RGB"))[:, :40])
+
+
 def test_openapi_schema_documents_the_api(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     for path in ("/api/health", "/api/edit", "/api/fan", "/api/auto-map"):

@@ -104,15 +104,19 @@ def test_paint_map_and_edit_in_browser(server: str, tmp_path: Path) -> None:
             # Upload into the editor; the preview appears once the server has the image. (Gradio
             # keeps a connection open, so there is no "network idle": retry until it sticks.)
             preview_img = page.locator("#dd-preview img")
-            deadline = time.monotonic() + 45
+            file_input = page.locator("#dd-canvas input[type=file]").first
+            file_input.set_input_files(str(image_path))
+            start = last_upload = time.monotonic()
             while not preview_img.count():
-                assert time.monotonic() < deadline, "the uploaded image never reached the server"
-                page.locator("#dd-canvas input[type=file]").first.set_input_files(str(image_path))
-                for _ in range(6):
-                    page.wait_for_timeout(500)
-                    page.click("#dd-show")
-                    if preview_img.count():
-                        break
+                now = time.monotonic()
+                if now - start > 60:
+                    page.screenshot(path=str(shots / "e2e-upload-failed.png"), full_page=True)
+                    pytest.fail("the uploaded image never reached the server (screenshot e2e-upload-failed.png)")
+                if now - last_upload > 20:  # an upload before the page was live is lost: once more
+                    file_input.set_input_files(str(image_path))
+                    last_upload = now
+                page.click("#dd-show")
+                page.wait_for_timeout(700)
 
             # Make a map with the toolkit and check the level summary for the chosen steps.
             page.fill("#dd-steps input[type=number]", "8")
@@ -140,6 +144,15 @@ def test_paint_map_and_edit_in_browser(server: str, tmp_path: Path) -> None:
             meta = json.loads(out.info["diffdiff"])
             assert (meta["prompt"], meta["seed"], meta["steps"]) == ("a red house", 5, 8)
             assert "diffdiff serve" in meta["served_by"]
+
+            # The strength fan tab reuses the Edit tab's image and settings (when Editor.fan exists).
+            page.get_by_role("tab", name="Strength fan").click()
+            if page.locator("#dd-fan-run").count():
+                page.click("#dd-fan-run")
+                page.wait_for_function(
+                    "() => { const i = document.querySelector('#dd-fan-out img'); return i && i.naturalWidth > 0; }",
+                    timeout=60_000)
+                page.screenshot(path=str(shots / "e2e-fan.png"), full_page=True)
         finally:
             ctx.close()
     # The server survived the session.

@@ -330,7 +330,8 @@ def build_ui(service: EditService) -> Any:
                             polarity = gr.Radio(["change", "keep"], value="change", label="White means")
                         run_btn = gr.Button("Run edit", variant="primary", elem_id="dd-run")
                 gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=4,
-                                     format="png", elem_id="dd-gallery", preview=False, allow_preview=True)
+                                     format="png", elem_id="dd-gallery", preview=False, allow_preview=True,
+                                     height=340, object_fit="contain")
                 meta = gr.JSON(label="Parameters of the latest result", open=False)
 
             with gr.Tab("Strength fan", id="fan"):
@@ -343,7 +344,7 @@ def build_ui(service: EditService) -> Any:
                         hi = gr.Slider(0, 1, value=1.0, step=0.05, label="Max strength")
                         fan_map = gr.Checkbox(False, label="Multiply by the painted map")
                     fan_btn = gr.Button("Run fan", variant="primary", elem_id="dd-fan-run")
-                    fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png",
+                    fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png", height=420,
                                        interactive=False, elem_id="dd-fan-out")
                     fan_btn.click(run_fan, [canvas, base_map, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
                                             fan_map], fan_out)
@@ -363,7 +364,7 @@ def build_ui(service: EditService) -> Any:
                         de_seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
                         de_map = gr.Checkbox(False, label="Use the painted map as the mask")
                     de_btn = gr.Button("Run DiffEdit", variant="primary", elem_id="dd-diffedit-run")
-                    de_out = gr.Image(label="Result (PNG with metadata)", type="filepath", format="png",
+                    de_out = gr.Image(label="Result (PNG with metadata)", type="filepath", format="png", height=420,
                                       interactive=False)
                     de_btn.click(run_diffedit, [canvas, base_map, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
                 else:
