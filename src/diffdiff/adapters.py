@@ -51,6 +51,8 @@ class Adapter:
     supports_refiner: ClassVar[bool] = False
     #: extra pipelines the family takes (``Editor.from_pretrained`` keywords)
     extra_parts: ClassVar[tuple[str, ...]] = ()
+    #: True when results come back at the model's own output size (IF cascades), not the input's.
+    native_output: ClassVar[bool] = False
     #: pass the work size as ``height``/``width`` (pipelines that otherwise use a default size)
     pass_size: ClassVar[bool] = False
     #: the family runs its own sequence of pipeline calls (:meth:`run`)
@@ -353,6 +355,7 @@ class DeepFloydIFAdapter(Adapter):
     pipeline_classes = ("IFImg2ImgPipeline", "IFPipeline")
     extra_parts = ("stage_2", "stage_3")
     custom_run = True
+    native_output = True  # stage I alone gives 64 px, stage II 256 px, stage III x4
     noise_level_2: int = 250  # low-res condition noise for stage II (diffusers' default)
     noise_level_3: int = 100  # for the x4 upscaler (DeepFloyd's recommendation)
 

@@ -332,10 +332,17 @@ class Editor:
         results = []
         for i, arr in enumerate(out):
             res = Image.fromarray(arr, "RGB")
+            reference, ref_change = source, change
             if res.size != (width, height):
-                res = res.resize((width, height), Image.Resampling.LANCZOS)
+                if self.adapter.native_output:
+                    # Cascades (IF) end at their own resolution; keep-pixels are exact against the
+                    # input resampled to that size.
+                    reference = source.resize(res.size, Image.Resampling.LANCZOS)
+                    ref_change = to_latent_map(change, res.size[1], res.size[0])[0, 0].numpy()
+                else:
+                    res = res.resize((width, height), Image.Resampling.LANCZOS)
             if paste_back:
-                res = paste_back_pixels(res, source, change)
+                res = paste_back_pixels(res, reference, ref_change)
             results.append(self._finish(res, meta, i))
         return results
 
