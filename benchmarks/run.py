@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads spin while waiting by default; on a shared machine (more runnable threads than
+# cores) that made a 0.2 s edit take 2-15 s here. Passive waiting keeps timings stable. It must be
+# set before torch loads OpenMP, hence here; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
@@ -96,10 +100,12 @@ def _secs(x: float) -> str:
 
 
 # setup ------------------------------------------------------------------------------------------------
-def _threads() -> None:
+def _threads(n: Optional[int] = None) -> None:
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    n = n or int(os.environ.get("DIFFDIFF_BENCH_THREADS", "0")) or max(1, min(2, os.cpu_count() or 1))
+    os.environ["DIFFDIFF_BENCH_THREADS"] = str(n)  # memory subprocesses use the same count
+    torch.set_num_threads(n)
 
 
 def _quiet() -> None:
@@ -408,6 +414,7 @@ def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return (f"{cpu}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; GPU: {gpu}; "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
             f"load average at the end {load}")
 
@@ -444,6 +451,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="toy sizes, for the test suite")
     ap.add_argument("--gpu", action="store_true", help="real-size SDXL section (needs CUDA)")
     ap.add_argument("--memory-sizes", default=None, help="comma list of sizes for the memory-per-resolution table")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: min(2, cores)]")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--child", choices=("edit", "img2img"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -455,13 +463,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     t_start = time.perf_counter()
-    _threads()
+    _threads(args.threads)
     _quiet()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     report = Report(mode)
     # (family size, steps, reps), crop (image, spot, steps, reps), memory (size, steps, reps), per-resolution sizes
     cfg = {
-        "smoke": dict(families=["sd"], fam=(64, 4, 2), crop=(256, 32, 4, 2), mem=(64, 2, 1), sizes=[]),
+        "smoke": dict(families=["sd"], fam=(64, 2, 1), crop=(128, 16, 2, 1), mem=(64, 2, 1), sizes=[]),
         "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(128, 8, 3),
                       crop=(1024, 128, 4, 2), mem=(512, 4, 1), sizes=[]),
         "full": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 20, 7),
