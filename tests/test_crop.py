@@ -15,6 +15,7 @@ from diffdiff.crop import crop_box, native_resolution, upscaled_size
 from diffdiff.errors import DiffDiffError
 from diffdiff.testing import sample_image
 
+pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.editor.DiffDiffWarning")  # 4-step runs warn by design
 KW = dict(prompt="a red apple", num_inference_steps=4, seed=7)
 
 
