@@ -26,6 +26,9 @@ from .service import EditService, QueueFull, png_bytes
 UI_CSS = """
 #dd-header h1 { margin-bottom: 0; }
 #dd-header p { margin-top: 0.2em; opacity: 0.8; }
+/* Gradio 6's gallery ignores `columns` here and draws one result as a full-width square. */
+#dd-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)) !important; }
+#dd-gallery .thumbnail-item { width: 100% !important; height: 180px !important; }
 """
 
 HEADER = """# diffdiff
