@@ -172,7 +172,7 @@ def test_sdxl_refiner_split_uses_one_global_schedule(tiny_sdxl_path, tiny_refine
     ones = np.ones((64, 64), np.float32)
     ours = _edit_latents(ed, image64, ones)
     gen = torch.Generator().manual_seed(0)
-    base = ed.pipe(image=image64, prompt="a cat", num_inference_steps=STEPS, denoising_end=0.7,
+    base = ed.pipe(image=image64, prompt="a cat", num_inference_steps=STEPS, strength=1.0, denoising_end=0.7,
                    generator=gen, output_type="latent").images
     theirs = ed.refiner(image=base, prompt="a cat", num_inference_steps=STEPS, denoising_start=0.7,
                         generator=gen, output_type="latent").images

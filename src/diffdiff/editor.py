@@ -161,9 +161,6 @@ class Editor:
         #: multi-hundred-megapixel inputs that would exhaust memory hours into a run.
         self.max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
         self.set_progress_bar(progress)
-        for part in self.adapter.parts.values():
-            if hasattr(part, "set_progress_bar_config"):
-                part.set_progress_bar_config(disable=not progress, desc="diffdiff", leave=False)
 
     # construction ---------------------------------------------------------------------------------
     @classmethod
