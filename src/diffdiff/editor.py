@@ -143,6 +143,7 @@ class Editor:
         stage_2: Any = None,
         stage_3: Any = None,
     ) -> None:
+        self._device: Optional[torch.device] = None
         self.pipe = _as_img2img(pipe)
         # Extra pipelines of multi-model families: Kandinsky's prior, DeepFloyd IF's later stages.
         self.adapter: Adapter = adapter_for(self.pipe, prior=prior, stage_2=stage_2, stage_3=stage_3)
@@ -198,6 +199,7 @@ class Editor:
     def to(self, device: Any = None, dtype: Any = None) -> Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
         args = [a for a in (device, dtype) if a is not None]
+        self._device = None
         self.pipe = self.pipe.to(*args)
         self.adapter.pipe = self.pipe
         if self.refiner is not None:
@@ -208,7 +210,10 @@ class Editor:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.device
+        # diffusers' pipe.device walks every module (milliseconds); cache it until to() moves things.
+        if self._device is None:
+            self._device = self.pipe.device
+        return self._device
 
     @property
     def family(self) -> str:
@@ -317,9 +322,6 @@ class Editor:
                 DiffDiffWarning,
                 stacklevel=2,
             )
-        from .perf import configure_memory
-
-        configure_memory(self, *self.work_size(width, height))  # tiled VAE above a size (diffdiff.perf)
         out = self.run(
             source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
             seed, num_images, output_type,
@@ -363,6 +365,10 @@ class Editor:
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     ) -> Any:
         """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w)."""
+        from .perf import configure_memory
+
+        # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
+        configure_memory(self, *self.work_size(*source.size))
         if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
             out, self.last_run = self.adapter.run(
                 source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
