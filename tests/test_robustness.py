@@ -296,3 +296,63 @@ def test_parameter_validation_never_crashes(prompt, steps, guidance, strength, n
         assert "\n" not in str(exc)
         return
     assert isinstance(steps, int) and steps >= 1 and 0 <= strength <= 1 and polarity in ("change", "keep")
+
+
+# ---- the map toolkit under arbitrary input ----------------------------------------------------------
+
+_map_inputs = st.one_of(
+    st.builds(lambda w, h, m, s: Image.fromarray(np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(m),
+              st.integers(1, 24), st.integers(1, 24), st.sampled_from(["L", "RGB", "RGBA", "P", "1", "LA", "F", "I"]),
+              st.integers(0, 1000)),
+    st.builds(lambda w, h, v: np.full((h, w), v), st.integers(1, 24), st.integers(1, 24),
+              st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    st.builds(lambda w, h: np.zeros((h, w), np.uint16), st.integers(1, 24), st.integers(1, 24)),
+    st.builds(lambda s: np.ones(s), st.lists(st.integers(0, 4), max_size=4).map(tuple)),
+)
+_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 50))
+
+
+def _clear_or_unit_map(call) -> None:
+    from diffdiff import maps
+
+    try:
+        out = call(maps)
+    except DiffDiffError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    arr = map_to_array(out) if isinstance(out, Image.Image) else np.asarray(out)
+    assert np.all(np.isfinite(arr)) and arr.min() >= 0 and arr.max() <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=_map_inputs, a=_numbers, b=_numbers, c=_numbers, op=st.sampled_from(["invert", "levels", "blur", "soft", "depth", "combine"]))
+def test_map_toolkit_never_crashes(m, a, b, c, op) -> None:
+    calls = {
+        "invert": lambda maps: maps.invert(m),
+        "levels": lambda maps: maps.levels(m, black=a, white=b, gamma=c),
+        "blur": lambda maps: maps.blur(m, sigma=a),
+        "soft": lambda maps: maps.soft_map(m, softness=a),
+        "depth": lambda maps: maps.from_depth(m, near=a, far=b),
+        "combine": lambda maps: maps.combine([m, m], mode="max"),
+    }
+    _clear_or_unit_map(calls[op])
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(-3, 64), h=st.integers(-3, 64), start=_numbers, end=_numbers,
+       direction=st.sampled_from(["left-right", "right-left", "top-bottom", "bottom-top", "radial", "diagonal"]))
+def test_gradient_never_crashes(w, h, start, end, direction) -> None:
+    _clear_or_unit_map(lambda maps: maps.gradient((w, h), direction=direction, start=start, end=end))
+
+
+def test_cli_unsupported_family_lists_supported(files, tmp_path) -> None:
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    result = _edit(files, tmp_path / "ddpm", tmp_path / "o.png")
+    _one_line_error(result, "not a supported model family")
+    assert "sdxl" in result.output and "flux" in result.output
+    assert not (tmp_path / "o.png").exists()
