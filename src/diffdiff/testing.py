@@ -654,3 +654,43 @@ def build_tiny_x4_upscaler(path: str | Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_sd_deep(path: str | Path, seed: int = 0, scheduler: str = "euler") -> Path:
+    """A tiny SD pipeline whose UNet has four levels, with attention only at latent/8 (issue #7).
+
+    :func:`build_tiny_sd` attends at latent/2: at 4096 x 4096 that is 256² = 65k tokens per
+    self-attention, quadratic, and an edit takes many minutes on a CPU. Here the three upper levels
+    are convolution-only and self/cross-attention (down, mid and up) runs at latent/8: 64² = 4096
+    tokens for a 4096² image. Real SD also confines attention to the lower levels (SDXL has none at
+    latent/1); this model just stops one level further down. Same VAE, text encoder and tokenizer
+    as :func:`build_tiny_sd`.
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 32, 64),
+        layers_per_block=1,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=_clip_text_encoder(32, seed=seed),
+        tokenizer=_tokenizer(path.parent / f".tok-{path.name}"),
+        unet=unet,
+        scheduler=make_scheduler(scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
