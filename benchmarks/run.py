@@ -422,6 +422,23 @@ def machine() -> str:
             f"load average at the end {load}")
 
 
+# Sections other scripts own (benchmarks/big_images.py); a rewrite of this table keeps them.
+_FOREIGN_SECTIONS = ("## Big images",)
+
+
+def _kept_sections(path: Path) -> str:
+    if not path.exists():
+        return ""
+    text, kept = path.read_text(), []
+    for head in _FOREIGN_SECTIONS:
+        start = text.find(head)
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + len(head))
+        kept.append(text[start:] if end < 0 else text[start:end + 1])
+    return "".join("\n" + k.rstrip("\n") + "\n" for k in kept)
+
+
 def write_results(report: Report, path: Path, seconds: float) -> None:
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
@@ -444,7 +461,7 @@ def write_results(report: Report, path: Path, seconds: float) -> None:
     if not gpu_ran and not any(n.startswith("GPU") for n in report.notes):
         report.notes.append("GPU section not run (pass --gpu on a machine with CUDA)")
     lines += ["", "## Notes", "", *[f"- {n}" for n in report.notes], ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + _kept_sections(path))
     print(f"wrote {path}")
 
 
