@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
@@ -95,7 +95,7 @@ class Adapter:
         return min(int(num_inference_steps * strength), num_inference_steps)
 
     def default_guidance(self) -> float | None:
-        param = inspect.signature(self.pipe.__call__).parameters.get("guidance_scale")
+        param = call_parameters(self.pipe).get("guidance_scale")
         if param is None or param.default is inspect.Parameter.empty:
             return None
         return float(param.default)
@@ -131,7 +131,7 @@ class Adapter:
 
     def _accepted(self, kw: dict[str, Any]) -> dict[str, Any]:
         """Drop arguments the pipeline's ``__call__`` does not take (e.g. negative prompts on Flux)."""
-        params = inspect.signature(self.pipe.__call__).parameters
+        params = call_parameters(self.pipe)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return kw
         return {k: v for k, v in kw.items() if k in params}
@@ -413,7 +413,8 @@ class DeepFloydIFAdapter(Adapter):
         for index, stage in enumerate(map_stages):
             w, h = _if_size(source.size, int(stage.unet.config.sample_size))
             capture = NoiseCapture(stage.scheduler, "add_noise")
-            hook = DifferentialStep(change=to_latent_map(change, h, w).to(stage.device), capture=capture,
+            # The hook moves the map to the images' device itself (pipe.device walks every module).
+            hook = DifferentialStep(change=to_latent_map(change, h, w), capture=capture,
                                     trajectory=trajectory if index == 0 else None)
             final = stage is last_map_stage and self.stage_3 is None and output_type != "latent"
             # DeepFloyd's recommended guidance: 7 for stage I, 4 for stage II, unless the user sets one.
@@ -487,9 +488,33 @@ class GenericAdapter(Adapter):
         )
 
 
+# inspect.signature costs about 0.1 ms and was taken several times per edit: cache it per class.
+_CALL_PARAMETERS: dict[Any, Mapping[str, inspect.Parameter]] = {}
+
+
+def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of ``pipe.__call__`` (``inspect.signature``), cached per pipeline class.
+
+    The key is the class's ``__call__`` itself, so a class whose ``__call__`` is replaced is read
+    again; a ``__call__`` set on the instance is never cached.
+    """
+    if "__call__" in getattr(pipe, "__dict__", {}):
+        return inspect.signature(pipe.__call__).parameters
+    key = type(pipe).__call__
+    try:
+        return _CALL_PARAMETERS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable __call__ (never cached)
+        params = inspect.signature(pipe.__call__).parameters
+    try:
+        _CALL_PARAMETERS[key] = params
+    except TypeError:
+        pass
+    return params
+
+
 def _params(pipe: Any) -> set[str]:
     try:
-        return set(inspect.signature(pipe.__call__).parameters)
+        return set(call_parameters(pipe))
     except (TypeError, ValueError):
         return set()
 

@@ -145,7 +145,10 @@ def paste_back(result: Image.Image, original: Image.Image, change: np.ndarray) -
     keep = change <= 0.0
     if not keep.any():
         return result
-    res = np.array(result.convert("RGB"))
-    orig = np.asarray(original.convert("RGB"))
-    res[keep] = orig[keep]
-    return Image.fromarray(res, "RGB")
+    # PIL's masked paste copies the 255-mask pixels exactly, in C, with no round trip through numpy.
+    out = result.copy() if result.mode == "RGB" else result.convert("RGB")
+    orig = original if original.mode == "RGB" else original.convert("RGB")
+    if orig.size != out.size or keep.shape != (out.size[1], out.size[0]):
+        raise ValueError(f"paste_back: sizes differ (result {out.size}, original {orig.size}, map {keep.shape})")
+    out.paste(orig, (0, 0), Image.fromarray(keep.view(np.uint8) * np.uint8(255), "L"))
+    return out

@@ -308,7 +308,7 @@ class Editor:
         }
         if metadata:
             meta.update(metadata)
-        source = img.convert("RGB")
+        source = img if img.mode == "RGB" else img.convert("RGB")  # read only below: no copy needed
         planned = self.planned_steps(num_inference_steps, strength)
         if planned == 0 or not np.any(change > 0):
             if output_type == "latent":

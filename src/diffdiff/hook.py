@@ -114,6 +114,11 @@ class DifferentialStep:
     _offset: Optional[int] = None
     _first_full: Optional[int] = None
     _completed: int = 0
+    # Per-run caches: the map on the latents' device, and every step's free fraction for the records,
+    # computed once instead of once per step (the per-step ``float()`` was also a device sync).
+    _change_dev: Optional[torch.Tensor] = None
+    _fractions: Optional[list[float]] = None
+    _fractions_total: int = -1
 
     def total_steps(self, scheduler: Any) -> int:
         order = int(getattr(scheduler, "order", 1))
@@ -158,8 +163,30 @@ class DifferentialStep:
         else:
             target = self.capture.noise_to(ref.clean, ref.noise, t_next)
         grid = self.unpack(latents)  # references and targets live on the (B, C, h, w) grid
-        change = self.change.to(device=grid.device, dtype=torch.float32)
+        change = self._change_on(grid.device)
         mixed = blend(grid, target.to(grid.dtype), change, step, total)
-        self.records.append(StepRecord(i, step, float(free_mask(change, step, total).float().mean())))
+        self.records.append(StepRecord(i, step, self._free_fraction(change, step, total)))
         callback_kwargs["latents"] = self.pack(mixed)
         return callback_kwargs
+
+    def _change_on(self, device: torch.device) -> torch.Tensor:
+        """The map in float32 on ``device`` (moved once per run, not once per step)."""
+        if self._change_dev is None or self._change_dev.device != device:
+            self._change_dev = self.change.to(device=device, dtype=torch.float32)
+            self._fractions = None
+        return self._change_dev
+
+    def _free_fraction(self, change: torch.Tensor, step: int, total: int) -> float:
+        """``free_mask(change, step, total).float().mean()``, for every step of the run at once."""
+        if self._fractions is None or self._fractions_total != total:
+            # Pixels free at step s: scaled > total - s. Counting them by binary search in the sorted
+            # map gives every step's fraction with one transfer; count / numel in float32 is exactly
+            # what the float32 mean of the 0/1 mask gives (counts are exact integers in float32).
+            ordered = (change * total).flatten().sort().values
+            bounds = torch.arange(total, -1, -1, device=change.device).to(ordered.dtype)  # total - s, s = 0..total
+            counts = ordered.numel() - torch.searchsorted(ordered, bounds, right=True)
+            self._fractions = (counts.to(torch.float32) / ordered.numel()).tolist()
+            self._fractions_total = total
+        if 0 <= step <= total:
+            return self._fractions[step]
+        return float(free_mask(change, step, total).float().mean())
