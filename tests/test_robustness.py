@@ -356,3 +356,13 @@ def test_cli_unsupported_family_lists_supported(files, tmp_path) -> None:
     _one_line_error(result, "not a supported model family")
     assert "sdxl" in result.output and "flux" in result.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_blur_with_a_huge_sigma_averages_instead_of_exhausting_memory() -> None:
+    # Found by hypothesis: sigma 2.4e9 once asked numpy for a 109 GiB kernel.
+    from diffdiff import maps
+
+    arr = np.zeros((4, 6), np.float32)
+    arr[:, :3] = 1.0
+    out = maps.blur(arr, sigma=2.4e9)
+    assert np.allclose(out, 0.5)

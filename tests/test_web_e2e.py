@@ -109,12 +109,18 @@ def test_paint_map_and_edit_in_browser(server: str, tmp_path: Path) -> None:
             start = last_upload = time.monotonic()
             while not preview_img.count():
                 now = time.monotonic()
-                if now - start > 150:  # generous: CI machines can be slow to start Gradio
+                if now - start > 200:  # generous: CI machines can be slow to start Gradio
                     page.screenshot(path=str(shots / "e2e-upload-failed.png"), full_page=True)
                     pytest.fail("the uploaded image never reached the server (screenshot e2e-upload-failed.png)")
-                if now - last_upload > 20:  # an upload before the page was live is lost: once more
+                if now - last_upload > 25:
+                    # An upload before the page's scripts were live is lost: reload and upload again.
+                    page.reload()
+                    page.wait_for_selector("#dd-canvas input[type=file]", state="attached")
+                    preview_img = page.locator("#dd-preview img")
+                    file_input = page.locator("#dd-canvas input[type=file]").first
+                    page.wait_for_timeout(1500)
                     file_input.set_input_files(str(image_path))
-                    last_upload = now
+                    last_upload = time.monotonic()
                 page.click("#dd-show")
                 page.wait_for_timeout(700)
 

@@ -248,13 +248,16 @@ def blur(change_map: MapLike, sigma: float) -> MapOut:
     arr = _read(change_map)
     if sigma == 0:
         return _like(change_map, arr)
+    h, w = arr.shape
+    if sigma > 10 * max(h, w):
+        # A Gaussian this much wider than the map averages it; a kernel that size would not fit in memory.
+        return _like(change_map, np.full_like(arr, float(arr.mean())))
     radius = max(1, int(math.ceil(BLUR_TRUNCATE_SIGMAS * sigma)))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-(x**2) / (2.0 * sigma**2))
     k /= k.sum()
     kt = torch.from_numpy(k)
     t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-    h, w = arr.shape
     # Reflect padding needs pad < size; replicate is the safe fallback for tiny maps.
     mode = "reflect" if radius < min(h, w) else "replicate"
     t = F.pad(t, (radius, radius, 0, 0), mode=mode)
