@@ -366,3 +366,12 @@ def test_blur_with_a_huge_sigma_averages_instead_of_exhausting_memory() -> None:
     arr[:, :3] = 1.0
     out = maps.blur(arr, sigma=2.4e9)
     assert np.allclose(out, 0.5)
+
+
+def test_non_finite_pipeline_output_is_refused_not_saved_black() -> None:
+    from diffdiff.numerics import to_uint8_images
+
+    with pytest.raises(DiffDiffError, match="NaN/inf"):
+        to_uint8_images(np.full((1, 2, 2, 3), np.nan, np.float32))
+    out = to_uint8_images(np.array([[[[0.0, 0.5, 1.2]]]], np.float32))
+    assert out.dtype == np.uint8 and out.tolist() == [[[[0, 128, 255]]]]

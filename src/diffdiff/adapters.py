@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from .errors import DiffDiffError, ModelLoadError, UnsupportedModelError
+from .numerics import to_uint8_images
 
 if TYPE_CHECKING:
     from .editor import RunInfo
@@ -370,7 +371,7 @@ class DeepFloydIFAdapter(Adapter):
             if "image_noising_scheduler" not in getattr(stage_2, "components", {}):
                 raise DiffDiffError(f"stage_2 must be a DeepFloyd IF stage II model, got {type(stage_2).__name__}")
             stage_2 = IFImg2ImgSuperResolutionPipeline(**stage_2.components)
-        if stage_3 is not None and not {"image", "prompt"} <= _params(stage_3):
+        if stage_3 is not None and not {"image", "prompt"} <= call_parameter_names(stage_3):
             raise DiffDiffError(f"stage_3 must be an upscaler taking prompt and image, got {type(stage_3).__name__}")
         super().__init__(pipe, stage_2=stage_2, stage_3=stage_3)
         self.stage_2, self.stage_3 = stage_2, stage_3
@@ -449,15 +450,12 @@ class DeepFloydIFAdapter(Adapter):
                 image=images, num_inference_steps=num_inference_steps, generator=generator, output_type="np",
                 noise_level=self.noise_level_3,
             )
-            params = _params(self.stage_3)
+            params = call_parameter_names(self.stage_3)
             with torch.inference_mode():
                 images = self.stage_3(**{k: v for k, v in up_kw.items() if k in params and v is not None}).images
             info.pipeline_calls += 1
             info.work_size = (int(images.shape[2]), int(images.shape[1]))
-        arr = np.asarray(images)
-        if not np.all(np.isfinite(arr)):
-            raise DiffDiffError("the model produced NaN/inf pixels; retry with torch_dtype=float32")
-        return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8), info
+        return to_uint8_images(images), info
 
 
 class GenericAdapter(Adapter):
@@ -478,7 +476,7 @@ class GenericAdapter(Adapter):
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
-        params = _params(pipe)
+        params = call_parameter_names(pipe)
         scheduler = getattr(pipe, "scheduler", None)
         return (
             {"image", "strength", "callback_on_step_end"} <= params
@@ -512,7 +510,8 @@ def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
     return params
 
 
-def _params(pipe: Any) -> set[str]:
+def call_parameter_names(pipe: Any) -> set[str]:
+    """Names ``pipe.__call__`` accepts (empty when it has no readable signature)."""
     try:
         return set(call_parameters(pipe))
     except (TypeError, ValueError):
@@ -601,13 +600,9 @@ def _model_index(model: str) -> Optional[dict[str, Any]]:
 
 def load_as(cls: Any, model: str, device: Optional[str], torch_dtype: Any, **kw: Any) -> Any:
     """Load ``model`` (folder or hub id) as pipeline class ``cls`` with diffdiff's one-line errors."""
-    from .loading import _friendly, default_device, hub_reachable, resolve_dtype
+    from .loading import _friendly, hub_reachable, resolve_device_dtype
 
-    if device is None:
-        device, auto = default_device()
-        dtype = resolve_dtype(torch_dtype, device) if torch_dtype is not None else auto
-    else:
-        dtype = resolve_dtype(torch_dtype, device)
+    device, dtype = resolve_device_dtype(device, torch_dtype)
     model = str(model)
     path = Path(model).expanduser()
     index = _model_index(model) or {}

@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .adapters import Adapter, adapter_for, round_to_levels
+from .adapters import Adapter, adapter_for, call_parameter_names, round_to_levels
 from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
 from .errors import DiffDiffError
 from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
 from .io import image_sha256, open_image
-from .numerics import finite_vae_decode
+from .numerics import finite_vae_decode, to_uint8_images
 
 ImageLike = Union[Image.Image, str, os.PathLike]
 
@@ -64,7 +64,7 @@ class RunInfo:
 
 def _as_img2img(pipe: Any) -> Any:
     """Accept a text-to-image pipeline too, by switching to its img2img sibling (shared weights)."""
-    if "strength" in _call_params(pipe):
+    if "strength" in call_parameter_names(pipe):
         return pipe
     try:
         from diffusers import AutoPipelineForImage2Image
@@ -72,15 +72,6 @@ def _as_img2img(pipe: Any) -> Any:
         return AutoPipelineForImage2Image.from_pipe(pipe)
     except Exception:  # unsupported: adapter_for() reports it clearly
         return pipe
-
-
-def _call_params(pipe: Any) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(pipe.__call__).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _hash_map(change_map: Any) -> str:
@@ -446,14 +437,7 @@ class Editor:
 
         if output_type == "latent":
             return adapter.latents_from_output(images, ww, wh)
-        arr = np.asarray(images)
-        if arr.dtype != np.uint8:
-            if not np.all(np.isfinite(arr)):
-                raise DiffDiffError(
-                    "the model produced NaN/inf pixels (often an fp16 VAE overflow); retry with torch_dtype=float32"
-                )
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        return arr
+        return to_uint8_images(images)
 
     def _starts_after_split(self, num_inference_steps: int, strength: float) -> bool:
         """True when a low strength starts the run after the base/refiner split (base has no steps)."""

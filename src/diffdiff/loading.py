@@ -44,6 +44,14 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     return names[str(dtype)]
 
 
+def resolve_device_dtype(device: Optional[str], torch_dtype: Any) -> tuple[str, torch.dtype]:
+    """The device (best available when None) and dtype (that device's default when None)."""
+    if device is None:
+        device, auto = default_device()
+        return device, resolve_dtype(torch_dtype, device) if torch_dtype is not None else auto
+    return device, resolve_dtype(torch_dtype, device)
+
+
 # Single-file checkpoint type (diffusers' key inference) -> img2img pipeline class name.
 _SINGLE_FILE_CLASSES = {
     "xl_base": "StableDiffusionXLImg2ImgPipeline",
@@ -217,11 +225,7 @@ def load_pipeline(
     """Load an img2img pipeline from a hub id, a diffusers folder or a single checkpoint file."""
     from diffusers import AutoPipelineForImage2Image
 
-    if device is None:
-        device, auto_dtype = default_device()
-        dtype = resolve_dtype(torch_dtype, device) if torch_dtype is not None else auto_dtype
-    else:
-        dtype = resolve_dtype(torch_dtype, device)
+    device, dtype = resolve_device_dtype(device, torch_dtype)
     model_str = str(model)
     path = Path(model_str).expanduser()
     looks_local = path.exists() or model_str.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES

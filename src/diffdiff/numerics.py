@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import DiffDiffError
@@ -85,3 +86,13 @@ def finite_vae_decode(vae: Any) -> Iterator[dict[str, int]]:
             del vae.decode  # back to the class method
         except AttributeError:
             vae.decode = original
+
+
+def to_uint8_images(images: Any) -> np.ndarray:
+    """Pipeline ``output_type="np"`` floats in [0, 1] as uint8 (B, H, W, 3), refusing NaN/inf."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        return arr
+    if not np.all(np.isfinite(arr)):
+        raise DiffDiffError(NON_FINITE_MESSAGE)
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
