@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -32,6 +31,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+from run import machine  # same machine line as the main benchmark table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Busy-waiting OpenMP threads make torch 10-30x slower on a shared machine; set before torch loads.
@@ -80,24 +81,6 @@ def run_child(model: Path, size: int, steps: int, tiling: bool, threads: int, ti
         lines = proc.stderr.strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"child exited {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine(threads: int) -> str:
-    import diffusers
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"{cpu}; {os.cpu_count()} cores, torch threads {threads}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, diffusers {diffusers.__version__}; load average at the end {load}")
 
 
 def section(rows: list[dict[str, Any]], failures: list[str], steps: int, threads: int, seconds: float) -> str:

@@ -402,7 +402,8 @@ def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
 
 
 # output -----------------------------------------------------------------------------------------------
-def machine() -> str:
+def machine(threads: Optional[int] = None) -> str:
+    """CPU, cores, threads, GPU, versions and load: what a timing table needs to be read."""
     import diffusers
     import torch
 
@@ -416,7 +417,7 @@ def machine() -> str:
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"{cpu}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; GPU: {gpu}; "
+    return (f"{cpu}; {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()}; GPU: {gpu}; "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
             f"load average at the end {load}")
