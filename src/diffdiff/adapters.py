@@ -18,8 +18,10 @@ for a cascade, a :meth:`Adapter.run` that :meth:`diffdiff.editor.Editor.run` del
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -163,6 +165,8 @@ class Adapter:
         num_images: int,
         output_type: str,
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+        skip_frozen: bool = False,
+        context_px: int = 32,
     ) -> tuple[Any, RunInfo]:
         """A family's own run flow (only when ``custom_run``); returns (output, run info)."""
         raise NotImplementedError
@@ -395,6 +399,8 @@ class DeepFloydIFAdapter(Adapter):
         num_images: int,
         output_type: str,
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+        skip_frozen: bool = False,
+        context_px: int = 32,
     ) -> tuple[Any, RunInfo]:
         from diffusers.utils import is_bs4_available, is_ftfy_available
 
@@ -433,8 +439,17 @@ class DeepFloydIFAdapter(Adapter):
                 prompts = _expand(prompt, num_images, n)
                 kw.update(prompt=prompts, negative_prompt=_expand(negative_prompt, num_images, n), image=images,
                           original_image=[source] * len(prompts or []), noise_level=self.noise_level_2)
-            with torch.inference_mode(), capture:
+            skip = None
+            if skip_frozen and trajectory is None:
+                from .skip import FrozenSkip
+
+                padding = math.ceil(max(0, context_px) * w / source.size[0])  # context pixels -> stage pixels
+                skip = FrozenSkip(stage.unet, hook, self.planned_steps(num_inference_steps, strength), stage.scheduler,
+                                  padding=padding)
+            with torch.inference_mode(), capture, skip or contextlib.nullcontext():
                 images = stage(**kw).images
+            if skip is not None:
+                info.denoised_fractions += skip.fractions
             info.pipeline_calls += 1
             info.records += hook.records
             info.work_size = (w, h)

@@ -8,7 +8,9 @@ in :mod:`diffdiff.core`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
 import secrets
 import warnings
@@ -47,6 +49,19 @@ def check_pixel_limit(width: int, height: int, max_pixels: Optional[int]) -> Non
         )
 
 
+def _frozen_skip(enabled: bool, pipe: Any, hook: DifferentialStep, total_steps: int, adapter: Adapter, padding: int,
+                 steps_before: int = 0, pack: Any = None) -> Any:
+    """A :class:`diffdiff.skip.FrozenSkip` on ``pipe``'s denoiser, or None (a no-op context) when off."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if not enabled or denoiser is None:
+        return None
+    from .skip import FrozenSkip
+
+    kw = {"pack": pack} if pack is not None else {}
+    return FrozenSkip(denoiser, hook, total_steps, pipe.scheduler, adapter.noise_method, padding,
+                      steps_before=steps_before, **kw)
+
+
 class DiffDiffWarning(UserWarning):
     """Something the user should know about a run (shown by the CLI as a one-line warning)."""
 
@@ -60,6 +75,8 @@ class RunInfo:
     reference: Optional[Reference] = None
     work_size: tuple[int, int] = (0, 0)
     pipeline_calls: int = 0
+    #: with ``skip_frozen``: per denoiser call, the fraction of the grid the model ran on (0 = skipped)
+    denoised_fractions: list[float] = field(default_factory=list)
 
 
 def _as_img2img(pipe: Any) -> Any:
@@ -252,12 +269,16 @@ class Editor:
         crop: bool = False,
         crop_padding: int = 32,
         crop_resolution: Optional[Union[str, int]] = None,
+        skip_frozen: bool = False,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
         ``change_map``: greyscale, 0 = keep, 1 = change fully (up to ``strength``) with
         ``polarity="change"``; white = keep with ``polarity="keep"`` (the authors' maps).
         ``output_type="latent"`` returns the final latents, shape (B, C, h, w).
+        ``crop=True`` denoises only the box around map > 0 (plus ``crop_padding`` px) and pastes it back.
+        ``skip_frozen=True`` runs the model at each step only where pixels are free by then (box +
+        ``crop_padding`` px of context; :mod:`diffdiff.skip`): much less work for small or graded maps.
         """
         validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
         if crop:  # denoise only the changed region's box (diffdiff.crop), then paste it back
@@ -267,7 +288,7 @@ class Editor:
                              resolution=crop_resolution, paste_back=paste_back, output_type=output_type,
                              metadata=metadata, prompt=prompt, negative_prompt=negative_prompt,
                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             strength=strength, seed=seed, num_images=num_images)
+                             strength=strength, seed=seed, num_images=num_images, skip_frozen=skip_frozen)
         img = self._load(image, "image")
         if isinstance(change_map, (str, os.PathLike)):
             change_map = open_image(change_map, "change map")
@@ -292,6 +313,7 @@ class Editor:
             "polarity": polarity,
             "num_images": int(num_images),
             "paste_back": bool(paste_back),
+            "skip_frozen": bool(skip_frozen),
             "map_sha256": _hash_map(change_map),
             "image_sha256": image_sha256(img),
             "scheduler": type(self.pipe.scheduler).__name__,
@@ -315,7 +337,7 @@ class Editor:
             )
         out = self.run(
             source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
-            seed, num_images, output_type,
+            seed, num_images, output_type, skip_frozen=skip_frozen, context_px=crop_padding,
         )
         if output_type == "latent":
             return out
@@ -354,8 +376,15 @@ class Editor:
         num_images: int,
         output_type: str,
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+        skip_frozen: bool = False,
+        context_px: int = 32,
     ) -> Any:
-        """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w)."""
+        """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w).
+
+        ``skip_frozen``: run the denoiser only where pixels are free (:mod:`diffdiff.skip`), with
+        ``context_px`` pixels of context around its box. Not with a custom ``trajectory``.
+        """
+        skip_frozen = bool(skip_frozen) and trajectory is None
         from .perf import configure_memory
 
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
@@ -363,7 +392,7 @@ class Editor:
         if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
             out, self.last_run = self.adapter.run(
                 source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                num_images, output_type, trajectory=trajectory,
+                num_images, output_type, trajectory=trajectory, skip_frozen=skip_frozen, context_px=context_px,
             )
             return out
         ww, wh = self.work_size(*source.size)
@@ -401,7 +430,10 @@ class Editor:
             first_output = "latent"
         else:
             first_output = stage_output
-        with torch.inference_mode(), capture, finite_vae_decode(getattr(first_pipe, "vae", None)):
+        planned = self.planned_steps(num_inference_steps, strength)
+        padding = math.ceil(max(0, context_px) * lw / ww)  # context pixels -> grid cells
+        skip = _frozen_skip(skip_frozen, first_pipe, hook, planned, adapter, padding, pack=hook.pack)
+        with torch.inference_mode(), capture, skip or contextlib.nullcontext(), finite_vae_decode(getattr(first_pipe, "vae", None)):
             result = first_pipe(
                 **first_kwargs,
                 output_type=first_output,
@@ -412,6 +444,8 @@ class Editor:
         info.reference = capture.reference
         info.records = hook.records
         info.total_steps = hook.total_steps(first_pipe.scheduler) if hook.start is not None else 0
+        if skip is not None:
+            info.denoised_fractions += skip.fractions
         images = result.images
 
         if use_refiner and not refiner_only:
@@ -423,7 +457,10 @@ class Editor:
             )
             ref_kwargs = dict(kwargs, image=images, denoising_start=self.refiner_start)
             ref_kwargs.pop("strength", None)
-            with torch.inference_mode(), ref_capture, finite_vae_decode(getattr(self.refiner, "vae", None)):
+            # The refiner continues at global step `hook._completed`, with the same thresholds.
+            ref_skip = _frozen_skip(skip_frozen, self.refiner, ref_hook, info.total_steps, adapter, padding,
+                                    steps_before=hook._completed)
+            with torch.inference_mode(), ref_capture, ref_skip or contextlib.nullcontext(), finite_vae_decode(getattr(self.refiner, "vae", None)):
                 result = self.refiner(
                     **ref_kwargs,
                     strength=strength,
@@ -433,6 +470,8 @@ class Editor:
                 )
             info.pipeline_calls += 1
             info.records = hook.records + ref_hook.records
+            if ref_skip is not None:
+                info.denoised_fractions += ref_skip.fractions
             images = result.images
 
         if output_type == "latent":

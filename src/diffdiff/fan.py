@@ -3,8 +3,10 @@
 Instead of one img2img run per strength, the fan is ONE Differential Diffusion edit at the
 largest strength whose change map is the column bands: a band meant for strength ``s`` gets the
 map value that makes its pixels follow the model for exactly the steps img2img at ``s`` would
-run (``int(steps * s)``). So the cost is one edit at ``max_strength``, and a band at strength 0
-has map value exactly 0 and comes back byte-identical (paste-back).
+run (``int(steps * s)``). So the cost is at most one edit at ``max_strength``, and a band at
+strength 0 has map value exactly 0 and comes back byte-identical (paste-back). With
+``skip_frozen`` (the default) each step runs the model only on the bands free by then plus some
+context, so the fan costs about ``1/k`` of ``k`` separate edits.
 
 :func:`fan_grid` adds a second axis (guidance or seed), one edit per row.
 """
@@ -122,7 +124,11 @@ def fan(
     ``change_map`` (optional) restricts the fan to part of the image: band value x map.
     ``labels=True`` appends a caption band with each column's strength (the image gets taller).
     ``edit_kwargs`` go to :meth:`Editor.edit`; ``output_type="latent"`` returns the latents.
+    ``skip_frozen`` is on by default: a step runs the model only on the columns free by then (plus
+    context), so the fan costs about one edit's worth of pixel-steps spread over its columns
+    (:mod:`diffdiff.skip`); ``skip_frozen=False`` runs every step on the whole frame.
     """
+    edit_kwargs.setdefault("skip_frozen", True)
     if edit_kwargs.get("num_images", 1) != 1:
         raise DiffDiffError("a fan is one image; sweep seeds with fan_grid(rows='seed') for variations")
     if "strength" in edit_kwargs:
