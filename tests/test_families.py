@@ -394,3 +394,30 @@ def test_cli_stage_2_on_wrong_family_fails_cleanly(flux_path: Path, if_paths: tu
     text = res.output  # type: ignore[attr-defined]
     assert "error: stage_2= (--stage-2) is only for the deepfloyd-if family" in text
     assert "Traceback" not in text and not out.exists()
+
+
+# --- skip_frozen on every family (issue #7) -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["sd3_editor", "flux_editor", "kandinsky_editor", "if_editor", "lcm_editor"])
+def test_skip_frozen_on_every_family(name: str, request: pytest.FixtureRequest) -> None:
+    ed: Editor = request.getfixturevalue(name)
+    img = sample_image(64, 64, seed=3)
+    # A uniform 0.5 map keeps every pixel frozen for the first half of the steps: those denoiser
+    # calls are skipped. These schedulers keep no history, so the result is bit-identical.
+    half_strength = np.full((64, 64), 0.5, np.float32)
+    kw = dict(num_inference_steps=STEPS, seed=11, output_type="latent")
+    a = ed.edit(img, half_strength, "a red cat", **kw)
+    b = ed.edit(img, half_strength, "a red cat", skip_frozen=True, **kw)
+    fractions = ed.last_run.denoised_fractions
+    assert torch.equal(a, b)
+    assert fractions.count(0.0) >= STEPS // 2 - 1 and 1.0 in fractions
+    # Half the image changing: UNet families crop to the free half (+ context); outside stays exact.
+    out = ed.edit(img, HALF, "a red cat", num_inference_steps=STEPS, seed=7, skip_frozen=True, crop_padding=8)[0]
+    fractions = ed.last_run.denoised_fractions
+    if hasattr(getattr(ed.pipe, "unet", None), "down_blocks"):
+        assert any(0 < f < 1 for f in fractions), fractions
+    else:
+        assert fractions == [1.0] * len(fractions)  # transformers: no crops (positions would move)
+    src = np.asarray(img.resize(out.size, Image.Resampling.LANCZOS)) if out.size != img.size else np.asarray(img)
+    half = out.size[0] // 2
+    np.testing.assert_array_equal(np.asarray(out)[:, :half], src[:, :half])
+    assert np.abs(np.asarray(out)[:, half:].astype(int) - src[:, half:]).mean() > 5

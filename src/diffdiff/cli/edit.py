@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         crop: bool = typer.Option(False, "--crop", help="Denoise only the box around the changed region (faster for small edits)."),
         crop_padding: int = typer.Option(32, "--crop-padding", help="Context pixels kept around the changed region with --crop."),
         crop_resolution: Optional[str] = typer.Option(None, "--crop-resolution", help="'native': upscale a small --crop region to the model's native size, or a size in pixels."),
+        skip_frozen: bool = typer.Option(False, "--skip-frozen", help="Run the model at each step only on the box of pixels free by then (+ --crop-padding context): faster for small or graded maps, slightly less context early on."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
                 img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                 strength=strength, seed=seed, num_images=num_images,
                 polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
-                paste_back=paste_back, crop=crop, crop_padding=crop_padding,
+                paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
                 crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
                                                        if change_map is not None else {"auto_map_source": auto_map})},

@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance scale [default: the model's]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         polarity: str = typer.Option("change", "--polarity", help="Polarity of --map: 'change' (white = change) or 'keep'."),
+        skip_frozen: bool = typer.Option(True, "--skip-frozen/--full-frame", help="Each step runs the model only on the columns free by then plus 32 px context (about 1/columns of separate edits' work); --full-frame runs every step on the whole image."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
     ) -> None:
@@ -61,7 +62,8 @@ def register(app: typer.Typer) -> None:
             meta = {"image_file": image.name}
             if change_map is not None:
                 meta["map_file"] = change_map.name
-            common = dict(negative_prompt=negative, num_inference_steps=steps, polarity=polarity, metadata=meta)
+            common = dict(negative_prompt=negative, num_inference_steps=steps, polarity=polarity, metadata=meta,
+                          skip_frozen=skip_frozen)
             if values is None:
                 result = ed.fan(img, prompt, columns, min_strength, max_strength, cmap, labels=labels,
                                 guidance_scale=guidance, seed=seed, **common)
@@ -91,6 +93,7 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         num_images: int = typer.Option(1, "--num-images", "-k", help="How many variations."),
         save_map: Optional[Path] = typer.Option(None, "--save-map", help="Also write the soft map used (PNG)."),
+        skip_frozen: bool = typer.Option(False, "--skip-frozen", help="Run the model at each step only around the pixels free by then (faster for small holes)."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
     ) -> None:
@@ -112,7 +115,7 @@ def register(app: typer.Typer) -> None:
             ed = load_editor(model, None, device, dtype)
             images = ed.soft_inpaint(
                 img, m, softness, prompt, negative_prompt=negative, num_inference_steps=steps,
-                guidance_scale=guidance, strength=strength, seed=seed, num_images=num_images,
+                guidance_scale=guidance, strength=strength, seed=seed, num_images=num_images, skip_frozen=skip_frozen,
                 metadata={"image_file": image.name, "mask_file": mask.name},
             )
             save_outputs(images, output)
