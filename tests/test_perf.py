@@ -103,10 +103,11 @@ def test_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "## Big images" in out.read_text() and "| 4096x4096 | 49 s |" in out.read_text()
     assert "# old table" not in out.read_text()
     text = out.read_text()
-    for needle in ("edit / img2img", "crop / full", "peak memory", "GPU", "torch "):
+    for needle in ("edit / img2img", "fan / k edits", "skip_frozen edit / img2img", "crop / full", "peak memory",
+                   "GPU", "torch "):
         assert needle in text, needle
     ratios = [float(x) for x in _ratio_cells(text)]
-    assert len(ratios) == 3 and all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
+    assert len(ratios) == 7 and all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
 
 
 def _ratio_cells(text: str) -> list[str]:
