@@ -181,6 +181,7 @@ def build_router(service: EditService) -> APIRouter:
         seed: Optional[int] = Form(None, description="Random seed (recorded in the PNG metadata)"),
         polarity: str = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
+        skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
     ) -> Response:
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
@@ -199,7 +200,7 @@ def build_router(service: EditService) -> APIRouter:
             return ed.edit(
                 p[0], p[1], prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
-                metadata={"served_by": "diffdiff serve"},
+                skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
             )
 
         out, notes = await _job(service, prepare, work)
@@ -219,6 +220,7 @@ def build_router(service: EditService) -> APIRouter:
         guidance: Optional[float] = Form(None),
         seed: Optional[int] = Form(None),
         polarity: str = Form("change"),
+        skip_frozen: bool = Form(True, description="Model only on the columns free at each step (false: full frame)"),
     ) -> Response:
         service.require("fan")
         img_data = await _read(image, "image", service.max_upload_bytes)
@@ -239,7 +241,8 @@ def build_router(service: EditService) -> APIRouter:
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
-                                  "guidance_scale": guidance, "seed": seed, "polarity": polarity}
+                                  "guidance_scale": guidance, "seed": seed, "polarity": polarity,
+                                  "skip_frozen": skip_frozen}
             return ed.fan(p[0], prompt, columns=columns, min_strength=min_strength, max_strength=max_strength,
                           change_map=p[1], **kw)
 
