@@ -569,7 +569,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = {
         "smoke": dict(families=["sd"], fam=(64, 2, 1), fan=(128, 4, 1), skip=(128, 4, 1), crop=(128, 16, 2, 1),
                       mem=(64, 2, 1), sizes=[]),
-        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(128, 4, 25), fan=(512, 10, 3),
+        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 8, 15), fan=(512, 10, 3),
                       skip=(512, 10, 3), crop=(1024, 128, 2, 2), mem=(512, 4, 1), sizes=[]),
         "full": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 20, 15), fan=(512, 20, 5),
                      skip=(512, 20, 5), crop=(1024, 128, 10, 3), mem=(1024, 10, 3), sizes=[512, 1024, 2048]),

@@ -116,6 +116,20 @@ def test_edit_keep_polarity_and_defaults(client: TestClient, image: Image.Image)
     assert read_metadata(Image.open(io.BytesIO(r.content)))["polarity"] == "keep"
 
 
+def test_edit_and_fan_skip_frozen_fields(client: TestClient, image: Image.Image) -> None:
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)),
+                    data={"prompt": "x", "steps": STEPS, "seed": "2", "skip_frozen": "true"})
+    assert r.status_code == 200, r.text
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["skip_frozen"] is True
+    r = client.post("/api/fan", files={"image": ("a.png", png(image), "image/png")},
+                    data={"prompt": "x", "columns": "3", "steps": STEPS, "seed": "3"})
+    assert r.status_code == 200, r.text
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["skip_frozen"] is True  # the fan's default
+    r = client.post("/api/fan", files={"image": ("a.png", png(image), "image/png")},
+                    data={"prompt": "x", "columns": "3", "steps": STEPS, "seed": "3", "skip_frozen": "false"})
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["skip_frozen"] is False
+
+
 # bad requests -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("fields", "needle"),
