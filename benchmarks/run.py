@@ -436,6 +436,67 @@ def build_real_sdxl(folder: Path, dtype: Any, device: str) -> Any:
     )
 
 
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE = dict(
+    sample_size=512, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu", projection_dim=768)
+
+
+def build_real_sd15(folder: Path) -> Any:
+    """Stable Diffusion 1.5 img2img at its published sizes (860M UNet) with random fp32 weights, CPU."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffdiff.testing import _tokenizer, clip_vocab_size, make_scheduler
+
+    torch.manual_seed(0)
+    vocab = clip_vocab_size()
+    ids = dict(vocab_size=vocab, max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+               pad_token_id=vocab - 1)
+    return StableDiffusionImg2ImgPipeline(
+        vae=AutoencoderKL(**SD15_VAE).eval(), text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **ids)).eval(),
+        tokenizer=_tokenizer(folder / "tok-sd15"), unet=UNet2DConditionModel(**SD15_UNET).eval(),
+        scheduler=make_scheduler("euler"), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def bench_real_cpu(root: Path, steps: int, reps: int, report: Report) -> None:
+    """Edit vs img2img at real size on the CPU: SD 1.5's architecture, 512², where a step costs seconds."""
+    import torch
+
+    from diffdiff import Editor
+    from diffdiff.testing import gradient_map, sample_image
+
+    ed = Editor(build_real_sd15(root), model_name="sd1.5-architecture-random-fp32", progress=False)
+    img, cmap = sample_image(512, 512, seed=1), gradient_map(512, 512)
+
+    def edit() -> Any:
+        return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
+
+    def plain() -> Any:
+        gen = torch.Generator().manual_seed(3)
+        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, 512, 512)
+        with torch.inference_mode():
+            return ed.pipe(**kw, output_type="pil").images
+
+    ta, tb = timings([edit, plain], reps)
+    own = own_code_ms(ed, edit, 1)
+    ratios = [x / y for x, y in zip(ta, tb)]
+    report.add(Row("edit / img2img", f"SD 1.5 architecture (860M UNet, random fp32), 512², {steps} steps, CPU "
+                   f"(pair ratios {min(ratios):.3f}-{max(ratios):.3f}; our code {own:.1f} ms = "
+                   f"{own / 1000 / statistics.median(tb):.2%})",
+                   _secs(statistics.median(ta)), _secs(statistics.median(tb)), statistics.median(ratios), "<= 1.02"))
+
+
 def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
     import torch
 
@@ -548,6 +609,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="about one minute")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, for the test suite")
     ap.add_argument("--gpu", action="store_true", help="real-size SDXL section (needs CUDA)")
+    ap.add_argument("--real-cpu", action="store_true",
+                    help="real-size SD 1.5 architecture on the CPU (random weights; several minutes)")
     ap.add_argument("--memory-sizes", default=None, help="comma list of sizes for the memory-per-resolution table")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: min(2, cores)]")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
@@ -592,6 +655,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 memory_per_resolution(sd_path, cfg["sizes"], 2, report)
             else:
                 report.note("memory per resolution: not run in this mode (--memory-sizes 512,1024,2048,4096)")
+        if args.real_cpu:
+            bench_real_cpu(root, 4, 2, report)
         if args.gpu:
             bench_gpu(root, 30 if mode == "full" else 10, 3, report)
         else:

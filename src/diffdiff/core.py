@@ -41,8 +41,7 @@ def blend(latents: torch.Tensor, reference: torch.Tensor, change: torch.Tensor, 
     ``change`` broadcasts against ``latents`` (typically shape (1, 1, h, w) or (B, 1, h, w)).
     Returns a new tensor; inputs are not modified.
     """
-    free = free_mask(change, step, total_steps).to(latents.dtype)
-    return reference.to(latents.dtype) * (1 - free) + latents * free
+    return torch.where(free_mask(change, step, total_steps), latents, reference.to(latents.dtype))
 
 
 def quantised_levels(change: torch.Tensor, total_steps: int) -> torch.Tensor:
