@@ -190,11 +190,40 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
         lo, hi = quartiles(ratios)
         own = own_code_ms(ed, edit, max(3, reps // 3))
         base = statistics.median(tb)
+        calls = "same model calls" if model_calls(ed, edit) == model_calls(ed, plain) else "MODEL CALLS DIFFER"
         # Side by side the two differ by our code plus machine noise (the pair ratios' quartiles show
         # how much); timing our own code directly gives the overhead without the noise.
-        report.add(Row("edit / img2img", f"{name} {w}x{h}, {steps} steps (pair ratios {lo:.3f}-{hi:.3f}; our code "
-                       f"{own:.1f} ms = {own / 1000 / base:.1%})",
+        report.add(Row("edit / img2img", f"{name} {w}x{h}, {steps} steps ({calls}; pair ratios {lo:.3f}-{hi:.3f}; "
+                       f"our code {own:.1f} ms = {own / 1000 / base:.1%})",
                        _secs(statistics.median(ta)), _secs(base), statistics.median(ratios), "<= 1.02"))
+
+
+def model_calls(ed: Any, fn: Callable[[], Any]) -> dict[str, int]:
+    """How often ``fn`` runs each network of the editor's pipelines (denoiser, VAE/MoVQ halves, text encoders)."""
+    import torch
+
+    counts: dict[str, int] = {}
+    handles = []
+    for p in (*ed.adapter.pipelines(), ed.refiner):
+        if p is None:
+            continue
+        for key, module in p.components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            parts = {key: module}
+            for half in ("encoder", "decoder"):  # VAE encode and decode are separate calls
+                if isinstance(getattr(module, half, None), torch.nn.Module):
+                    parts[f"{key}.{half}"] = getattr(module, half)
+            for name, part in parts.items():
+                def count(*_: Any, name: str = name) -> None:
+                    counts[name] = counts.get(name, 0) + 1
+                handles.append(part.register_forward_hook(count))
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
 
 
 def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
@@ -632,7 +661,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = {
         "smoke": dict(families=["sd"], fam=(64, 2, 1), fan=(128, 4, 1), skip=(128, 4, 1), crop=(128, 16, 2, 1),
                       mem=(64, 2, 1), sizes=[]),
-        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 8, 15), fan=(512, 10, 3),
+        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 8, 15), fan=(512, 10, 5),
                       skip=(512, 10, 3), crop=(1024, 128, 2, 2), mem=(512, 4, 1), sizes=[]),
         "full": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if"], fam=(256, 20, 15), fan=(512, 20, 5),
                      skip=(512, 20, 5), crop=(1024, 128, 10, 3), mem=(1024, 10, 3), sizes=[512, 1024, 2048]),

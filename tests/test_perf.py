@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,3 +118,34 @@ def _ratio_cells(text: str) -> list[str]:
         if len(parts) >= 5 and parts[-2].replace(".", "", 1).isdigit():
             cells.append(parts[-2])
     return cells
+
+
+def test_edit_runs_exactly_the_model_calls_of_img2img(sd_editor: Editor) -> None:
+    """The floor claim: a change-map edit adds no network evaluation to plain img2img (same UNet,
+    VAE encode/decode and text-encoder calls), with or without a graded map."""
+    import torch
+
+    img, cmap = sample_image(64, 64, seed=1), gradient_map(64, 64)
+
+    def calls(fn: Any) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        pipe = sd_editor.pipe
+        parts = {"unet": pipe.unet, "vae.encoder": pipe.vae.encoder, "vae.decoder": pipe.vae.decoder,
+                 "text_encoder": pipe.text_encoder}
+        handles = [m.register_forward_hook(lambda *_, k=k: counts.__setitem__(k, counts.get(k, 0) + 1))
+                   for k, m in parts.items()]
+        try:
+            fn()
+        finally:
+            for h in handles:
+                h.remove()
+        return counts
+
+    def plain() -> None:
+        kw = sd_editor.adapter.call_kwargs(img, "a fox", None, 5, None, 1.0, 1, torch.Generator().manual_seed(3), 64, 64)
+        with torch.inference_mode():
+            sd_editor.pipe(**kw, output_type="pil")
+
+    edit_calls = calls(lambda: sd_editor.edit(img, cmap, "a fox", num_inference_steps=5, seed=3))
+    assert edit_calls == calls(plain)
+    assert edit_calls["unet"] == 5 and edit_calls["vae.encoder"] == 1 and edit_calls["vae.decoder"] == 1
