@@ -615,7 +615,7 @@ def _model_index(model: str) -> Optional[dict[str, Any]]:
 
 def load_as(cls: Any, model: str, device: Optional[str], torch_dtype: Any, **kw: Any) -> Any:
     """Load ``model`` (folder or hub id) as pipeline class ``cls`` with diffdiff's one-line errors."""
-    from .loading import _friendly, hub_reachable, resolve_device_dtype
+    from .loading import _friendly, dtype_kwargs, hub_reachable, resolve_device_dtype
 
     device, dtype = resolve_device_dtype(device, torch_dtype)
     model = str(model)
@@ -629,19 +629,19 @@ def load_as(cls: Any, model: str, device: Optional[str], torch_dtype: Any, **kw:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(f"'{model}' is not a diffusers model folder (no model_index.json)")
-            pipe = cls.from_pretrained(str(path), torch_dtype=dtype, **kw)
+            pipe = cls.from_pretrained(str(path), **dtype_kwargs(dtype), **kw)
         elif path.exists() or model.startswith((".", "/", "~")):
             raise ModelLoadError(f"model path '{model}' does not exist or is not a diffusers folder")
         else:
             try:
-                pipe = cls.from_pretrained(model, torch_dtype=dtype, local_files_only=True, **kw)
+                pipe = cls.from_pretrained(model, **dtype_kwargs(dtype), local_files_only=True, **kw)
             except Exception as exc:
                 if not hub_reachable():
                     raise ModelLoadError(
                         f"model '{model}' is not in the local cache and the hub cannot be reached; "
                         "run once with network access or pass a local path"
                     ) from exc
-                pipe = cls.from_pretrained(model, torch_dtype=dtype, **kw)
+                pipe = cls.from_pretrained(model, **dtype_kwargs(dtype), **kw)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -44,6 +44,14 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     return names[str(dtype)]
 
 
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """The loaders' dtype argument: ``dtype`` where diffusers has it (``torch_dtype`` there warns as
+    deprecated), ``torch_dtype`` on older versions."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 def resolve_device_dtype(device: Optional[str], torch_dtype: Any) -> tuple[str, torch.dtype]:
     """The device (best available when None) and dtype (that device's default when None)."""
     if device is None:
@@ -206,14 +214,14 @@ def _from_hub(model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
     from diffusers import AutoPipelineForImage2Image
 
     try:
-        return AutoPipelineForImage2Image.from_pretrained(model_id, torch_dtype=dtype, local_files_only=True, **kwargs)
+        return AutoPipelineForImage2Image.from_pretrained(model_id, **dtype_kwargs(dtype), local_files_only=True, **kwargs)
     except Exception as exc:  # not (fully) cached
         if not hub_reachable():
             raise ModelLoadError(
                 f"model '{model_id}' is not in the local cache and the hub cannot be reached; "
                 "run once with network access or pass a local path"
             ) from exc
-    return AutoPipelineForImage2Image.from_pretrained(model_id, torch_dtype=dtype, **kwargs)
+    return AutoPipelineForImage2Image.from_pretrained(model_id, **dtype_kwargs(dtype), **kwargs)
 
 
 def load_pipeline(
@@ -256,7 +264,7 @@ def load_pipeline(
                     "(no 'model.diffusion_model.*' weights); load diffusers-format weights from their model folder"
                 )
             try:
-                pipe = cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+                pipe = cls.from_single_file(str(path), **dtype_kwargs(dtype), **kwargs)
             except Exception as exc:
                 raise _single_file_error(model_str, exc, kwargs.get("config")) from exc
             if torch.device(device).type == "cpu":
@@ -267,7 +275,7 @@ def load_pipeline(
                     f"'{model_str}' is not a diffusers model folder (no model_index.json); "
                     "pass a folder saved with save_pretrained, a hub id or a .safetensors file"
                 )
-            pipe = AutoPipelineForImage2Image.from_pretrained(str(path), torch_dtype=dtype, **kwargs)
+            pipe = AutoPipelineForImage2Image.from_pretrained(str(path), **dtype_kwargs(dtype), **kwargs)
         else:
             pipe = _from_hub(model_str, dtype, **kwargs)
     except ModelLoadError:
