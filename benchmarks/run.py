@@ -109,6 +109,19 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def plain_img2img(ed: Any, img: Any, steps: int, width: int, height: int) -> Callable[[], Any]:
+    """The baseline: the editor's own pipeline called as plain diffusers img2img (same seed, steps, size)."""
+    import torch
+
+    def plain() -> Any:
+        gen = torch.Generator().manual_seed(3)
+        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, width, height)
+        with torch.inference_mode():
+            return ed.pipe(**kw, output_type="pil").images
+
+    return plain
+
+
 def _secs(x: float) -> str:
     return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
 
@@ -163,7 +176,6 @@ def build_families(root: Path, names: list[str], report: Report) -> dict[str, An
 # sections ---------------------------------------------------------------------------------------------
 def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, report: Report) -> None:
     """Change-map edit vs the same pipeline's plain img2img call (same steps, size, seed, strength)."""
-    import torch
 
     from diffdiff.testing import gradient_map, sample_image
 
@@ -175,11 +187,7 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
         def edit(ed: Any = ed, img: Any = img, cmap: Any = cmap) -> Any:
             return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, strength=1.0, seed=3)
 
-        def plain(ed: Any = ed, img: Any = img, w: int = w, h: int = h) -> Any:
-            gen = torch.Generator().manual_seed(3)
-            kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, w, h)
-            with torch.inference_mode():
-                return ed.pipe(**kw, output_type="pil").images
+        plain = plain_img2img(ed, img, steps, w, h)
 
         try:
             ta, tb = timings([edit, plain], reps)
@@ -283,7 +291,6 @@ def bench_fan_section(ed: Any, size: int, steps: int, reps: int, report: Report)
 def bench_skip(ed: Any, size: int, steps: int, reps: int, report: Report) -> None:
     """Soft-inpainting a hole (1/16 of the image) with skip_frozen vs the same pipeline's img2img: below the floor."""
     import numpy as np
-    import torch
 
     from diffdiff.softinpaint import soft_inpaint_map
     from diffdiff.testing import sample_image
@@ -302,11 +309,7 @@ def bench_skip(ed: Any, size: int, steps: int, reps: int, report: Report) -> Non
     def edit() -> Any:
         return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
 
-    def plain() -> Any:
-        gen = torch.Generator().manual_seed(3)
-        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, size, size)
-        with torch.inference_mode():
-            return ed.pipe(**kw, output_type="pil").images
+    plain = plain_img2img(ed, img, steps, size, size)
 
     fractions: list[float] = []
     ts, te, tp = timings([skip, edit, plain], reps)
@@ -500,7 +503,6 @@ def build_real_sd15(folder: Path) -> Any:
 
 def bench_real_cpu(root: Path, size: int, steps: int, reps: int, report: Report) -> None:
     """Edit vs img2img at real model size on the CPU: SD 1.5's architecture, where a step costs seconds."""
-    import torch
 
     from diffdiff import Editor
     from diffdiff.testing import gradient_map, sample_image
@@ -511,11 +513,7 @@ def bench_real_cpu(root: Path, size: int, steps: int, reps: int, report: Report)
     def edit() -> Any:
         return ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
 
-    def plain() -> Any:
-        gen = torch.Generator().manual_seed(3)
-        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, size, size)
-        with torch.inference_mode():
-            return ed.pipe(**kw, output_type="pil").images
+    plain = plain_img2img(ed, img, steps, size, size)
 
     ta, tb = timings([edit, plain], reps)
     own = own_code_ms(ed, edit, 1)
