@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -407,6 +406,7 @@ class DeepFloydIFAdapter(Adapter):
         from .changemap import to_latent_map
         from .editor import RunInfo
         from .hook import DifferentialStep, NoiseCapture
+        from .skip import frozen_skip
 
         if trajectory is not None and self.stage_2 is not None:
             raise DiffDiffError("custom trajectories work with IF stage I only; load it without stage_2")
@@ -439,13 +439,8 @@ class DeepFloydIFAdapter(Adapter):
                 prompts = _expand(prompt, num_images, n)
                 kw.update(prompt=prompts, negative_prompt=_expand(negative_prompt, num_images, n), image=images,
                           original_image=[source] * len(prompts or []), noise_level=self.noise_level_2)
-            skip = None
-            if skip_frozen and trajectory is None:
-                from .skip import FrozenSkip
-
-                padding = math.ceil(max(0, context_px) * w / source.size[0])  # context pixels -> stage pixels
-                skip = FrozenSkip(stage.unet, hook, self.planned_steps(num_inference_steps, strength), stage.scheduler,
-                                  padding=padding)
+            skip = frozen_skip(stage, hook, self.planned_steps(num_inference_steps, strength), self.noise_method,
+                               context_px, w, source.size[0]) if skip_frozen and trajectory is None else None
             with torch.inference_mode(), capture, skip or contextlib.nullcontext():
                 images = stage(**kw).images
             if skip is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import secrets
 import warnings
@@ -30,6 +29,7 @@ from .errors import DiffDiffError
 from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
 from .io import image_sha256, open_image
 from .numerics import finite_vae_decode, to_uint8_images
+from .skip import frozen_skip
 
 ImageLike = Union[Image.Image, str, os.PathLike]
 
@@ -47,19 +47,6 @@ def check_pixel_limit(width: int, height: int, max_pixels: Optional[int]) -> Non
             f"{max_pixels / 1e6:.1f} MP; use --crop (crop=True) to edit only the changed region, "
             "use a smaller image, or raise the limit with --max-pixels"
         )
-
-
-def _frozen_skip(enabled: bool, pipe: Any, hook: DifferentialStep, total_steps: int, adapter: Adapter, padding: int,
-                 steps_before: int = 0, pack: Any = None) -> Any:
-    """A :class:`diffdiff.skip.FrozenSkip` on ``pipe``'s denoiser, or None (a no-op context) when off."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if not enabled or denoiser is None:
-        return None
-    from .skip import FrozenSkip
-
-    kw = {"pack": pack} if pack is not None else {}
-    return FrozenSkip(denoiser, hook, total_steps, pipe.scheduler, adapter.noise_method, padding,
-                      steps_before=steps_before, **kw)
 
 
 class DiffDiffWarning(UserWarning):
@@ -431,8 +418,8 @@ class Editor:
         else:
             first_output = stage_output
         planned = self.planned_steps(num_inference_steps, strength)
-        padding = math.ceil(max(0, context_px) * lw / ww)  # context pixels -> grid cells
-        skip = _frozen_skip(skip_frozen, first_pipe, hook, planned, adapter, padding, pack=hook.pack)
+        skip = frozen_skip(first_pipe, hook, planned, adapter.noise_method, context_px, lw, ww,
+                           pack=hook.pack) if skip_frozen else None
         with torch.inference_mode(), capture, skip or contextlib.nullcontext(), finite_vae_decode(getattr(first_pipe, "vae", None)):
             result = first_pipe(
                 **first_kwargs,
@@ -458,8 +445,8 @@ class Editor:
             ref_kwargs = dict(kwargs, image=images, denoising_start=self.refiner_start)
             ref_kwargs.pop("strength", None)
             # The refiner continues at global step `hook._completed`, with the same thresholds.
-            ref_skip = _frozen_skip(skip_frozen, self.refiner, ref_hook, info.total_steps, adapter, padding,
-                                    steps_before=hook._completed)
+            ref_skip = frozen_skip(self.refiner, ref_hook, info.total_steps, adapter.noise_method, context_px, lw, ww,
+                                   steps_before=hook._completed) if skip_frozen else None
             with torch.inference_mode(), ref_capture, ref_skip or contextlib.nullcontext(), finite_vae_decode(getattr(self.refiner, "vae", None)):
                 result = self.refiner(
                     **ref_kwargs,

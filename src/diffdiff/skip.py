@@ -168,9 +168,9 @@ class FrozenSkip:
             return hook._first_full - hook.start + hook._completed + 1
         return self.steps_before + hook._completed + 1
 
-    def _plan(self, step: int, change: torch.Tensor) -> Plan:
+    def _plan(self, step: int) -> Plan:
         if step not in self.plans:
-            self.plans[step] = plan_step(change, step, self.total, self.padding, self.multiple, self.crop)
+            self.plans[step] = plan_step(self.change, step, self.total, self.padding, self.multiple, self.crop)
         return self.plans[step]
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -192,11 +192,11 @@ class FrozenSkip:
                 and kwargs.get("return_dict", True) is False
                 and not any(kwargs.get(k) is not None for k in SPATIAL_KWARGS)
                 and sample.shape[0] % ref.noise.shape[0] == 0):
-            plan = self._plan(self._step(), self.change)
-            if not isinstance(plan, str) and sample.shape[-2:] != self.change.shape[-2:]:
-                plan = "full"  # the denoiser's input is not on the map's grid: do not guess a crop
-            if self.mismatch:
-                plan = "full"
+            step = self._step()  # may find the thresholds mismatched: then run in full
+            if not self.mismatch:
+                plan = self._plan(step)
+                if not isinstance(plan, str) and sample.shape[-2:] != self.change.shape[-2:]:
+                    plan = "full"  # the denoiser's input is not on the map's grid: do not guess a crop
         if plan == "full":
             self.fractions.append(1.0)
             return call(sample)
@@ -222,7 +222,7 @@ class FrozenSkip:
         pred = pred.repeat(sample.shape[0] // pred.shape[0], *([1] * (pred.ndim - 1)))  # CFG halves
         if self.out_channels is not None and pred.ndim == 4 and int(self.out_channels) != pred.shape[1]:
             pred = self._channels(pred, int(self.out_channels))
-        return self.pack(pred).contiguous() if self.pack is not _identity else pred.clone()
+        return self.pack(pred)  # repeat() copied: the crop path may write into it
 
     @staticmethod
     def _channels(pred: torch.Tensor, channels: int) -> torch.Tensor:
@@ -231,3 +231,27 @@ class FrozenSkip:
             return pred[:, :channels].clone()
         extra = pred.new_zeros(pred.shape[0], channels - pred.shape[1], *pred.shape[2:])
         return torch.cat([pred, extra], 1)
+
+
+def frozen_skip(
+    pipe: Any,
+    hook: DifferentialStep,
+    total_steps: int,
+    noise_method: str,
+    context_px: int,
+    grid_width: int,
+    image_width: int,
+    steps_before: int = 0,
+    pack: LayoutFn = _identity,
+) -> Optional[FrozenSkip]:
+    """A :class:`FrozenSkip` on ``pipe``'s denoiser (``unet`` or ``transformer``), or None if it has none.
+
+    ``context_px`` image pixels of context become grid cells by the ratio of ``grid_width`` to
+    ``image_width`` (8 px per cell for SD's latents, 1 for IF's stage I at its own size).
+    """
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        return None
+    padding = math.ceil(max(0, context_px) * grid_width / image_width)
+    return FrozenSkip(denoiser, hook, total_steps, pipe.scheduler, noise_method, padding,
+                      steps_before=steps_before, pack=pack)
