@@ -28,20 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from run import machine  # same machine line as the main benchmark table
+# run.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
+from run import HERE, PROMPT, machine  # same machine line as the main benchmark table
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Busy-waiting OpenMP threads make torch 10-30x slower on a shared machine; set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore")
-
-HERE = Path(__file__).resolve().parent
-PROMPT = "a watercolour fox"
 HEADING = "## Big images"
 MIB = 2**20
 
