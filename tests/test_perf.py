@@ -104,8 +104,8 @@ def test_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "## Big images" in out.read_text() and "| 4096x4096 | 49 s |" in out.read_text()
     assert "# old table" not in out.read_text()
     text = out.read_text()
-    for needle in ("edit / img2img", "fan / k edits", "skip_frozen edit / img2img", "crop / full", "peak memory",
-                   "GPU", "torch "):
+    for needle in ("edit / img2img", "same model calls", "our code", "fan / k edits", "skip_frozen edit / img2img",
+                   "crop / full", "peak memory", "GPU", "torch "):
         assert needle in text, needle
     ratios = [float(x) for x in _ratio_cells(text)]
     assert len(ratios) == 7 and all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
@@ -149,3 +149,13 @@ def test_edit_runs_exactly_the_model_calls_of_img2img(sd_editor: Editor) -> None
     edit_calls = calls(lambda: sd_editor.edit(img, cmap, "a fox", num_inference_steps=5, seed=3))
     assert edit_calls == calls(plain)
     assert edit_calls["unet"] == 5 and edit_calls["vae.encoder"] == 1 and edit_calls["vae.decoder"] == 1
+
+
+def test_loading_uses_the_current_dtype_argument(tiny_sd_path: Path) -> None:
+    """diffusers deprecates ``torch_dtype`` (a warning on every load); we pass ``dtype`` where it exists."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Editor.from_pretrained(tiny_sd_path, progress=False)
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
