@@ -1,0 +1,92 @@
+"""Tiny offline add-ons for tests and benchmarks: inpainting UNets, ControlNets, LoRAs, IP-Adapters, Marigold.
+
+Like :mod:`diffdiff.testing`, everything here is built from configs in code with random weights and
+saved through the libraries' own save paths (``save_pretrained``, diffusers' ``save_lora_weights``,
+safetensors), so callers load it back through the real loaders. Weights that diffusers or peft
+initialise to zero (ControlNet's zero convolutions, LoRA's B matrices) are drawn at random here, so
+an add-on visibly changes the output; a real add-on would be trained instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .testing import build_tiny_sd, build_tiny_sdxl
+
+
+def _randomise(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def build_tiny_inpaint(path: str | Path, base: str = "sd", seed: int = 0, scheduler: str = "euler") -> Path:
+    """Save a tiny 9-channel inpainting pipeline (``base``: ``"sd"`` or ``"sdxl"``) to ``path``.
+
+    The UNet takes latents (4) + mask (1) + masked-image latents (4), as the real inpainting
+    checkpoints do; the folder's ``model_index.json`` names diffusers' inpainting pipeline class.
+    """
+    import diffusers
+
+    path = Path(path)
+    base_dir = path.parent / f".base-{path.name}"
+    (build_tiny_sd if base == "sd" else build_tiny_sdxl)(base_dir, seed=seed, scheduler=scheduler)
+    cls = diffusers.StableDiffusionInpaintPipeline if base == "sd" else diffusers.StableDiffusionXLInpaintPipeline
+    pipe = cls.from_pretrained(base_dir, safety_checker=None) if base == "sd" else cls.from_pretrained(base_dir)
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    torch.manual_seed(seed + 1)
+    unet = diffusers.UNet2DConditionModel.from_config(config).eval()
+    components: dict[str, Any] = dict(pipe.components, unet=unet)
+    cls(**components).save_pretrained(path)
+    return path
+
+
+def build_tiny_controlnet(path: str | Path, base_model: str | Path, seed: int = 0, union: bool = False) -> Path:
+    """Save a tiny ControlNet matching the UNet of the diffusers folder ``base_model`` to ``path``.
+
+    Built with ``ControlNetModel.from_unet`` (``ControlNetUnionModel`` with ``union=True``, SDXL
+    only); the zero-initialised output convolutions get random weights so the control shows.
+    """
+    import diffusers
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(Path(base_model) / "unet")
+    cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
+    torch.manual_seed(seed)
+    net = cls.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    parts = [net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    parts += list(net.controlnet_down_blocks)
+    for i, part in enumerate(parts):
+        _randomise(part, seed * 1000 + i, std=0.05)
+    net.save_pretrained(path)
+    return Path(path)
+
+
+def save_random_lora(base_model: str | Path, out_dir: str | Path, rank: int = 4, seed: int = 0,
+                     text_encoder: bool = False) -> Path:
+    """Save a random LoRA for the UNet (and optionally the text encoder) of ``base_model``.
+
+    Uses peft's ``LoraConfig`` / ``get_peft_model_state_dict`` and diffusers' own
+    ``save_lora_weights``, as diffusers' training scripts do. Returns the ``.safetensors`` file.
+    """
+    import diffusers
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(base_model)
+    torch.manual_seed(seed)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False))
+    layers: dict[str, Any] = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    if text_encoder:
+        pipe.text_encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj"],
+                                                 init_lora_weights=False))
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+    out_dir = Path(out_dir)
+    type(pipe).save_lora_weights(out_dir, safe_serialization=True, **layers)
+    return out_dir / "pytorch_lora_weights.safetensors"
