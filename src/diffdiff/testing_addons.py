@@ -90,3 +90,53 @@ def save_random_lora(base_model: str | Path, out_dir: str | Path, rank: int = 4,
     out_dir = Path(out_dir)
     type(pipe).save_lora_weights(out_dir, safe_serialization=True, **layers)
     return out_dir / "pytorch_lora_weights.safetensors"
+
+
+def build_tiny_ip_adapter(folder: str | Path, base_model: str | Path, seed: int = 0, embed_dim: int = 16) -> Path:
+    """Save a tiny IP-Adapter for ``base_model``'s UNet in the ``h94/IP-Adapter`` layout.
+
+    ``folder/ip-adapter_tiny.safetensors`` holds ``image_proj.*`` (diffusers' ``ImageProjection``:
+    4 image tokens) and ``ip_adapter.{1,3,5...}.to_k_ip/to_v_ip`` for each cross-attention layer, in
+    the order diffusers' loader walks them; ``folder/image_encoder`` is a tiny
+    ``CLIPVisionModelWithProjection``. Returns the weights file.
+    """
+    import diffusers
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(Path(base_model) / "unet")
+    cross = int(unet.config.cross_attention_dim)
+    blocks = list(unet.config.block_out_channels)
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * 0.2
+
+    weights: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": rnd(4 * cross, embed_dim), "image_proj.proj.bias": rnd(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        weights[f"ip_adapter.{key}.to_k_ip.weight"] = rnd(hidden, cross)
+        weights[f"ip_adapter.{key}.to_v_ip.weight"] = rnd(hidden, cross)
+        key += 2
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "ip-adapter_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out))
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, projection_dim=embed_dim, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8,
+    )).eval()
+    encoder.save_pretrained(folder / "image_encoder")
+    return out
