@@ -140,3 +140,25 @@ def build_tiny_ip_adapter(folder: str | Path, base_model: str | Path, seed: int 
     )).eval()
     encoder.save_pretrained(folder / "image_encoder")
     return out
+
+
+def build_tiny_marigold(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny Marigold depth pipeline (8-channel UNet: image + depth latents) to ``path``."""
+    import diffusers
+
+    path = Path(path)
+    base_dir = path.parent / f".base-{path.name}"
+    build_tiny_sd(base_dir, seed=seed)
+    base = diffusers.StableDiffusionPipeline.from_pretrained(base_dir, safety_checker=None)
+    config = dict(base.unet.config)
+    config["in_channels"] = 8
+    torch.manual_seed(seed + 2)
+    unet = diffusers.UNet2DConditionModel.from_config(config).eval()
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                                        prediction_type="v_prediction", timestep_spacing="trailing")
+    pipe = diffusers.MarigoldDepthPipeline(unet=unet, vae=base.vae, scheduler=scheduler, text_encoder=base.text_encoder,
+                                           tokenizer=base.tokenizer, prediction_type="depth",
+                                           default_denoising_steps=2, default_processing_resolution=64)
+    pipe.save_pretrained(path)
+    return path
