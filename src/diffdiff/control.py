@@ -3,7 +3,7 @@
 Owns three things and nothing else:
 
 * :func:`load_controlnet` -- one ControlNet from a diffusers folder (its ``config.json`` names the
-  class: ``ControlNetModel``, ``ControlNetUnionModel``, ``FluxControlNetModel``...), a single
+  class: ``ControlNetModel``, ``ControlNetUnionModel``), a single
   ``.safetensors`` file, or a hub id (local cache first), with one-line errors;
 * :func:`controlnet_pipeline` -- diffusers' ControlNet img2img pipeline for the base model's family
   built with ``from_pipe``, so it shares every base weight (and any LoRA already loaded);
@@ -34,7 +34,6 @@ CONTROLNET_PIPELINES: dict[str, tuple[str, str, Optional[str]]] = {
     "StableDiffusionImg2ImgPipeline": ("sd", "StableDiffusionControlNetImg2ImgPipeline", None),
     "StableDiffusionXLImg2ImgPipeline": ("sdxl", "StableDiffusionXLControlNetImg2ImgPipeline",
                                          "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
-    "FluxImg2ImgPipeline": ("flux", "FluxControlNetImg2ImgPipeline", None),
 }
 
 #: The ControlNet img2img pipelines, by class name -> the base family they drive.
@@ -115,18 +114,26 @@ def _fits(net: Any, pipe: Any, name: str) -> None:
             raise DiffDiffError(f"ControlNet '{name}' does not fit this model: its {key} is {have}, the model's is {want}")
 
 
+def controlnet_family(pipe: Any, name: str) -> tuple[str, str, Optional[str]]:
+    """(family, ControlNet img2img class, Union class) for ``pipe``; refuses families without ControlNet."""
+    base = type(pipe).__name__
+    if base in CONTROLNET_FAMILIES:  # already a ControlNet pipeline: its base family
+        base = next(k for k, v in CONTROLNET_PIPELINES.items() if v[0] == CONTROLNET_FAMILIES[base])
+    if base not in CONTROLNET_PIPELINES:
+        families = ", ".join(v[0] for v in CONTROLNET_PIPELINES.values())
+        raise DiffDiffError(f"ControlNet '{name}' cannot be used with {base}: ControlNet img2img is supported for "
+                            f"{families}")
+    return CONTROLNET_PIPELINES[base]
+
+
 def controlnet_pipeline(pipe: Any, nets: list[Any], names: Optional[list[str]] = None) -> Any:
     """Diffusers' ControlNet img2img pipeline for ``pipe``'s family, sharing its weights (``from_pipe``)."""
     import diffusers
 
+    if not nets:
+        raise DiffDiffError("no ControlNet given")
     names = names or [type(n).__name__ for n in nets]
-    base = type(pipe).__name__
-    if base in CONTROLNET_FAMILIES:  # already a ControlNet pipeline: swap its ControlNet(s)
-        base = next(k for k, v in CONTROLNET_PIPELINES.items() if v[0] == CONTROLNET_FAMILIES[base])
-    if base not in CONTROLNET_PIPELINES:
-        families = ", ".join(v[0] for v in CONTROLNET_PIPELINES.values())
-        raise DiffDiffError(f"ControlNet '{names[0]}' cannot be used with {base}: ControlNet is supported for {families}")
-    family, plain, union = CONTROLNET_PIPELINES[base]
+    family, plain, union = controlnet_family(pipe, names[0])
     for net, name in zip(nets, names):
         _fits(net, pipe, name)
     is_union = any(type(n).__name__ == "ControlNetUnionModel" for n in nets)
@@ -134,8 +141,9 @@ def controlnet_pipeline(pipe: Any, nets: list[Any], names: Optional[list[str]] =
         raise DiffDiffError(f"ControlNet Union '{names[0]}' works alone and with SDXL only (this model is {family})")
     cls = getattr(diffusers, union if is_union else plain)
     controlnet: Any = nets[0] if len(nets) == 1 else list(nets)
-    if family == "flux" and len(nets) > 1:
-        controlnet = diffusers.FluxMultiControlNetModel(list(nets))
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is not None:
+        controlnet = [n.to(denoiser.device) for n in controlnet] if isinstance(controlnet, list) else controlnet.to(denoiser.device)
     return cls.from_pipe(pipe, controlnet=controlnet)
 
 
@@ -158,11 +166,8 @@ def open_control_image(image: ControlLike, what: str = "control image") -> Image
     raise DiffDiffError(f"{what} must be a PIL image or a file path, got {type(image).__name__}")
 
 
-def control_image_for(image: ControlLike, source_size: tuple[int, int], work_size: tuple[int, int],
-                      what: str = "control image") -> Image.Image:
-    """``image`` as an RGB control image at ``work_size``; refused when its shape is not the input's."""
-    img = open_control_image(image, what)
-    label = _label(image) if isinstance(image, (str, os.PathLike)) else what
+def check_control_shape(img: Image.Image, source_size: tuple[int, int], label: str = "control image") -> None:
+    """Refuse a control image whose aspect ratio is not the input's (it would be stretched)."""
     cw, ch = img.size
     sw, sh = source_size
     if cw < 1 or ch < 1:
@@ -170,6 +175,13 @@ def control_image_for(image: ControlLike, source_size: tuple[int, int], work_siz
     if abs(cw / ch - sw / sh) > ASPECT_TOLERANCE * (sw / sh):
         raise DiffDiffError(f"{label} is {cw}x{ch}, another aspect ratio than the image ({sw}x{sh}); "
                             "give a control image of the same shape")
+
+
+def control_image_for(image: ControlLike, source_size: tuple[int, int], work_size: tuple[int, int],
+                      what: str = "control image") -> Image.Image:
+    """``image`` as an RGB control image at ``work_size``; refused when its shape is not the input's."""
+    img = open_control_image(image, what)
+    check_control_shape(img, source_size, _label(image) if isinstance(image, (str, os.PathLike)) else what)
     img = img.convert("RGB")
     return img if img.size == work_size else img.resize(work_size, Image.Resampling.LANCZOS)
 

@@ -21,12 +21,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
+from . import (
+    __version__,
+    addon_families,  # noqa: F401  # registers the inpainting and ControlNet families
+)
 from .adapters import Adapter, adapter_for, call_parameter_names, round_to_levels
+from .addons import Addons, addons_of, load_addons
 from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
 from .errors import DiffDiffError
 from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
+from .inpaint import InpaintMasks, as_inpaint_pipeline, is_inpaint_checkpoint
 from .io import image_sha256, open_image
 from .numerics import finite_vae_decode, to_uint8_images
 from .skip import frozen_skip
@@ -64,6 +69,8 @@ class RunInfo:
     pipeline_calls: int = 0
     #: with ``skip_frozen``: per denoiser call, the fraction of the grid the model ran on (0 = skipped)
     denoised_fractions: list[float] = field(default_factory=list)
+    #: inpainting checkpoints: the latent mask given to the model at each step (1 = generate)
+    inpaint_masks: list[torch.Tensor] = field(default_factory=list)
 
 
 def _as_img2img(pipe: Any) -> Any:
@@ -140,6 +147,10 @@ class Editor:
     ) -> None:
         self._device: Optional[torch.device] = None
         self.pipe = _as_img2img(pipe)
+        if is_inpaint_checkpoint(self.pipe):  # 9-channel UNet: its own pipeline feeds the mask input
+            self.pipe = as_inpaint_pipeline(self.pipe)
+        #: add-ons on the pipeline (ControlNet, LoRA, IP-Adapter); from_pretrained fills in what it loaded
+        self.addons: Addons = addons_of(self.pipe)
         # Extra pipelines of multi-model families: Kandinsky's prior, DeepFloyd IF's later stages.
         self.adapter: Adapter = adapter_for(self.pipe, prior=prior, stage_2=stage_2, stage_3=stage_3)
         self.pipe = self.adapter.pipe  # a family may swap in its img2img half (e.g. Kandinsky's decoder)
@@ -171,12 +182,20 @@ class Editor:
         prior: str | os.PathLike[str] | None = None,
         stage_2: str | os.PathLike[str] | None = None,
         stage_3: str | os.PathLike[str] | None = None,
+        controlnet: Any = None,
+        lora: Any = None,
+        ip_adapter: str | os.PathLike[str] | None = None,
+        ip_adapter_scale: float = 1.0,
         **kw: Any,
     ) -> Editor:
         """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family.
 
         Multi-model families: ``prior`` is Kandinsky 2.2's prior (default: the hub's 2.2 prior);
         ``stage_2`` / ``stage_3`` are DeepFloyd IF's super-resolution stages (optional).
+        Add-ons (:mod:`diffdiff.addons`): ``controlnet`` one ControlNet or a list (folder, file or hub
+        id; SD and SDXL); ``lora`` a list of ``"PATH_OR_ID[:SCALE]"``; ``ip_adapter`` an IP-Adapter
+        weights file (its ``image_encoder`` folder beside it) at ``ip_adapter_scale``. A 9-channel
+        inpainting checkpoint is detected and driven through its mask input.
         """
         from .adapters import load_family
         from .loading import load_pipeline
@@ -185,11 +204,15 @@ class Editor:
             str(model), prior=None if prior is None else str(prior), stage_2=None if stage_2 is None else str(stage_2),
             stage_3=None if stage_3 is None else str(stage_3), device=device, torch_dtype=torch_dtype, **kw,
         )
+        pipe, addons = load_addons(_as_img2img(pipe), controlnet=controlnet, lora=lora, ip_adapter=ip_adapter,
+                                   ip_adapter_scale=ip_adapter_scale, dtype=torch_dtype)
         ref = None
         if refiner is not None:
             ref = load_pipeline(refiner, device=device, torch_dtype=torch_dtype)
-        return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
-                   refiner_name=str(refiner) if refiner is not None else None, progress=progress, **parts)
+        editor = cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
+                     refiner_name=str(refiner) if refiner is not None else None, progress=progress, **parts)
+        editor.addons = addons
+        return editor
 
     def to(self, device: Any = None, dtype: Any = None) -> Editor:
         """Move the pipeline(s), like ``pipe.to()``."""
@@ -257,6 +280,10 @@ class Editor:
         crop_padding: int = 32,
         crop_resolution: Optional[Union[str, int]] = None,
         skip_frozen: bool = False,
+        control_image: Any = None,
+        controlnet_conditioning_scale: Any = None,
+        control_from: Optional[str] = None,
+        ip_adapter_image: Any = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -266,8 +293,16 @@ class Editor:
         ``crop=True`` denoises only the box around map > 0 (plus ``crop_padding`` px) and pastes it back.
         ``skip_frozen=True`` runs the model at each step only where pixels are free by then (box +
         ``crop_padding`` px of context; :mod:`diffdiff.skip`): much less work for small or graded maps.
+        With a ControlNet loaded: ``control_image`` (one, or one per ControlNet; the input's aspect
+        ratio) or ``control_from="canny"``, and ``controlnet_conditioning_scale``. With an IP-Adapter:
+        ``ip_adapter_image``.
         """
         validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
+        addon_inputs = dict(control_image=control_image, control_from=control_from,
+                            controlnet_scale=controlnet_conditioning_scale, ip_adapter_image=ip_adapter_image)
+        self.addons.check_inputs(**addon_inputs)
+        if crop and any(v is not None for v in addon_inputs.values()):
+            raise DiffDiffError("crop=True (--crop) does not work with ControlNet or IP-Adapter inputs yet; edit the full image")
         if crop:  # denoise only the changed region's box (diffdiff.crop), then paste it back
             from .crop import crop_edit
 
@@ -306,9 +341,13 @@ class Editor:
             "scheduler": type(self.pipe.scheduler).__name__,
             "diffdiff_version": __version__,
         }
+        source = img if img.mode == "RGB" else img.convert("RGB")  # read only below: no copy needed
+        ww, wh = self.work_size(width, height)
+        work = source if source.size == (ww, wh) else source.resize((ww, wh), Image.Resampling.LANCZOS)
+        pipeline_inputs, addon_meta = self.addons.call_inputs(work, source.size, **addon_inputs)
+        meta.update(self.addons.metadata(), **addon_meta)
         if metadata:
             meta.update(metadata)
-        source = img if img.mode == "RGB" else img.convert("RGB")  # read only below: no copy needed
         planned = self.planned_steps(num_inference_steps, strength)
         if planned == 0 or not np.any(change > 0):
             if output_type == "latent":
@@ -325,6 +364,7 @@ class Editor:
         out = self.run(
             source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
             seed, num_images, output_type, skip_frozen=skip_frozen, context_px=crop_padding,
+            pipeline_inputs=pipeline_inputs,
         )
         if output_type == "latent":
             return out
@@ -365,8 +405,11 @@ class Editor:
         trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
         skip_frozen: bool = False,
         context_px: int = 32,
+        pipeline_inputs: Optional[dict[str, Any]] = None,
     ) -> Any:
         """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w).
+
+        ``pipeline_inputs``: extra pipeline-call arguments from the add-ons (control images, ...).
 
         ``skip_frozen``: run the denoiser only where pixels are free (:mod:`diffdiff.skip`), with
         ``context_px`` pixels of context around its box. Not with a custom ``trajectory``.
@@ -395,6 +438,7 @@ class Editor:
         adapter = self.adapter
         kwargs = adapter.call_kwargs(work, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
                                      num_images, generator, ww, wh)
+        kwargs.update(pipeline_inputs or {})
         stage_output = "latent" if output_type == "latent" else "np"
 
         refiner_only = False
@@ -420,12 +464,18 @@ class Editor:
         planned = self.planned_steps(num_inference_steps, strength)
         skip = frozen_skip(first_pipe, hook, planned, adapter.noise_method, context_px, lw, ww,
                            pack=hook.pack) if skip_frozen else None
+        callback: Any = hook
+        if getattr(adapter, "inpaint", False):  # inpainting UNets: the mask input follows the free pixels
+            callback = InpaintMasks(first_pipe, hook, planned, work, int(seed))
+            n_prompts = len(prompt) if isinstance(prompt, list) else 1
+            first_kwargs = callback.prepare(first_pipe, first_kwargs, n_prompts * num_images)
+            info.inpaint_masks = callback.masks
         with torch.inference_mode(), capture, skip or contextlib.nullcontext(), finite_vae_decode(getattr(first_pipe, "vae", None)):
             result = first_pipe(
                 **first_kwargs,
                 output_type=first_output,
-                callback_on_step_end=hook,
-                callback_on_step_end_tensor_inputs=["latents"],
+                callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=list(getattr(callback, "tensor_inputs", hook.tensor_inputs)),
             )
         info.pipeline_calls += 1
         info.reference = capture.reference

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -42,6 +42,14 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
+        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD and SDXL). Repeat for several."),
+        control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Control image (same aspect ratio as IMAGE); one, or one per --controlnet."),
+        control_scale: Optional[list[float]] = typer.Option(None, "--control-scale", help="ControlNet conditioning scale [default: 1.0]; one, or one per --controlnet."),
+        control_from: Optional[str] = typer.Option(None, "--control-from", help="Derive the control image from IMAGE instead: 'canny' (OpenCV Canny edges)."),
+        lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA weights PATH_OR_ID[:SCALE] (diffusers, Kohya or A1111 file). Repeat for several."),
+        ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="IP-Adapter weights file (its image_encoder folder beside it) or OWNER/REPO/SUBFOLDER/FILE."),
+        ip_adapter_image: Optional[Path] = typer.Option(None, "--ip-adapter-image", help="Reference image for the IP-Adapter."),
+        ip_adapter_scale: float = typer.Option(1.0, "--ip-adapter-scale", help="IP-Adapter strength (0 = off)."),
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
@@ -63,7 +71,10 @@ def register(app: typer.Typer) -> None:
             validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
-            ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
+            addon_kw = _addon_kw(img.size, controlnet, control_image, control_from, lora, ip_adapter, ip_adapter_image,
+                                 ip_adapter_scale)
+            ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3),
+                             **addon_kw)
             ed.refiner_start = refiner_start
             ed.max_pixels = max_pixels
             if cmap is None:
@@ -73,6 +84,9 @@ def register(app: typer.Typer) -> None:
                 strength=strength, seed=seed, num_images=num_images,
                 polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
+                control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
+                controlnet_conditioning_scale=list(control_scale) if control_scale else None,
+                ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
                 crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
                                                        if change_map is not None else {"auto_map_source": auto_map})},
@@ -94,3 +108,41 @@ def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[s
     """Extra pipelines of multi-model families (only those given, so other models load as before)."""
     given = {"prior": prior, "stage_2": stage_2, "stage_3": stage_3}
     return {k: v for k, v in given.items() if v}
+
+
+def _addon_kw(
+    size: tuple[int, int],
+    controlnet: Optional[list[str]],
+    control_image: Optional[list[Path]],
+    control_from: Optional[str],
+    lora: Optional[list[str]],
+    ip_adapter: Optional[str],
+    ip_adapter_image: Optional[Path],
+    ip_adapter_scale: float,
+) -> dict[str, Any]:
+    """Check the add-on inputs before any model is loaded; the loading keywords for those given."""
+    from ..control import CONTROL_FROM, check_control_shape
+    from ..errors import DiffDiffError
+    from ..io import open_image
+    from ..ipadapter import check_scale
+    from ..lora import parse_lora
+
+    if (control_image or control_from) and not controlnet:
+        raise DiffDiffError("--control-image / --control-from need a ControlNet: add --controlnet PATH")
+    if control_from is not None and control_from not in CONTROL_FROM:
+        raise DiffDiffError(f"--control-from must be one of {', '.join(CONTROL_FROM)}, got {control_from!r}")
+    for path in control_image or []:
+        check_control_shape(open_image(path, "control image"), size, f"control image '{path}'")
+    if ip_adapter_image is not None:
+        if not ip_adapter:
+            raise DiffDiffError("--ip-adapter-image needs an IP-Adapter: add --ip-adapter FILE")
+        open_image(ip_adapter_image, "IP-Adapter image")
+    kw: dict[str, Any] = {}
+    if controlnet:
+        kw["controlnet"] = tuple(controlnet)
+    if lora:
+        kw["lora"] = tuple(f"{name}:{scale}" for name, scale in map(parse_lora, lora))
+    if ip_adapter:
+        kw["ip_adapter"] = ip_adapter
+        kw["ip_adapter_scale"] = check_scale(ip_adapter_scale)
+    return kw

@@ -164,11 +164,15 @@ def combine(
 
 @map_app.command()
 def depth(
-    depth_image: Path = typer.Argument(..., metavar="DEPTH", help="Depth image (e.g. from Depth Anything / MiDaS)."),
+    depth_image: Path = typer.Argument(..., metavar="DEPTH", help="Depth image (e.g. from Depth Anything / MiDaS), or with --depth-model the photo to estimate depth from."),
     near: float = typer.Option(0.0, "--near", help="Change at the nearest point (0..1)."),
     far: float = typer.Option(1.0, "--far", help="Change at the farthest point (0..1)."),
     white_is_near: bool = typer.Option(True, "--white-near/--white-far", help="Whether white means near (default) or far."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Stretch the depth image's range to 0..1 first."),
+    depth_model: Optional[str] = typer.Option(None, "--depth-model", help="Estimate depth from the photo DEPTH with this Marigold depth model (folder or hub id, e.g. prs-eth/marigold-depth-v1-1)."),
+    depth_steps: Optional[int] = typer.Option(None, "--depth-steps", help="Denoising steps of the depth model [default: the model's]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the depth model's noise."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu for the depth model [default: best available]."),
     output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """Map from depth: change varies linearly from --near (nearest) to --far (farthest)."""
@@ -176,11 +180,20 @@ def depth(
     def body() -> None:
         from .. import maps
 
-        d = _open(depth_image, "depth image")
+        d = _open(depth_image, "image" if depth_model else "depth image")
         _check_out(output)
-        img = maps.from_depth(d, near, far, white_is_near, normalize)
-        _save_map(img, output, {"tool": "map depth", "depth_file": depth_image.name, "near": near, "far": far,
-                                "white_is_near": white_is_near, "normalize": normalize})
+        meta: dict[str, Any] = {"tool": "map depth", "depth_file": depth_image.name, "near": near, "far": far,
+                                "white_is_near": white_is_near, "normalize": normalize}
+        if depth_model:
+            from ..depth import depth_map, load_depth_model
+
+            maps.from_depth(d.convert("L"), near, far)  # check --near / --far before loading a model
+            info(f"loading depth model {depth_model}")
+            img = depth_map(load_depth_model(depth_model, device), d, near, far, normalize, depth_steps, seed)
+            meta.update(depth_model=depth_model, depth_steps=depth_steps, seed=seed, white_is_near=False)
+        else:
+            img = maps.from_depth(d, near, far, white_is_near, normalize)
+        _save_map(img, output, meta)
 
     run_command(body)
 
