@@ -1,0 +1,307 @@
+"""Add-ons under the change map: inpainting checkpoints, ControlNet, LoRA, IP-Adapter, depth maps (issue 13).
+
+Every add-on is tiny and random (:mod:`diffdiff.testing_addons`), saved with its library's own save
+path and loaded back by path through ``Editor.from_pretrained`` or the CLI. For each: the black half
+of the map is byte-identical to the input, the output differs from the same edit without the add-on,
+and the PNG metadata names it. Expected values are computed here independently (numpy thresholds,
+OpenCV, diffusers pipelines called directly), never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffdiff import Editor
+from diffdiff.cli import app
+from diffdiff.errors import DiffDiffError
+from diffdiff.io import file_sha256, image_sha256, read_metadata
+from diffdiff.lora import parse_lora
+from diffdiff.testing import sample_image
+from diffdiff.testing_addons import (
+    build_tiny_controlnet,
+    build_tiny_inpaint,
+    build_tiny_ip_adapter,
+    build_tiny_marigold,
+    save_random_lora,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.editor.DiffDiffWarning")  # 4-step runs, on purpose
+runner = CliRunner()
+STEPS = 4
+# Eight 8-px column bands (one latent column each): the left half black, then graded up to white.
+# The values sit away from every threshold k / STEPS, so the expected masks do not hinge on rounding.
+BANDS = np.array([0, 0, 0, 0, 40, 100, 160, 255], dtype=np.uint8)
+
+
+def band_map(size: int = 64) -> Image.Image:
+    return Image.fromarray(np.tile(np.repeat(BANDS, size // 8), (size, 1)), "L")
+
+
+def expected_mask(model_step: int, total: int) -> torch.Tensor:
+    """The pixels model step k generates: those the blend after it keeps (change * N > N - (k + 1))."""
+    values = BANDS.astype(np.float64) / 255
+    cols = values * total > total - min(model_step + 1, total)
+    return torch.tensor(np.tile(cols, (8, 1)), dtype=torch.float32)
+
+
+def left_half_identical(out: Image.Image, src: Image.Image) -> bool:
+    return np.array_equal(np.asarray(out)[:, :32], np.asarray(src.convert("RGB"))[:, :32])
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+# ------------------------------------------------------------------------------------------ models
+@pytest.fixture(scope="module")
+def addon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("addons")
+
+
+@pytest.fixture(scope="module")
+def inpaint_path(addon_dir: Path) -> Path:
+    return build_tiny_inpaint(addon_dir / "sd-inpaint")
+
+
+@pytest.fixture(scope="module")
+def controlnet_path(addon_dir: Path, tiny_sd_path: Path) -> Path:
+    return build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
+
+
+@pytest.fixture(scope="module")
+def lora_file(addon_dir: Path, tiny_sd_path: Path) -> Path:
+    return save_random_lora(tiny_sd_path, addon_dir / "lora")
+
+
+@pytest.fixture(scope="module")
+def files(addon_dir: Path) -> Path:
+    folder = addon_dir / "files"
+    folder.mkdir()
+    sample_image(64, 64, seed=3).save(folder / "in.png")
+    band_map().save(folder / "map.png")
+    sample_image(64, 64, seed=7).save(folder / "control.png")
+    sample_image(96, 48, seed=7).save(folder / "wide.png")
+    sample_image(40, 40, seed=9).save(folder / "ref.png")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    return folder
+
+
+def edit_cli(files: Path, model: Path, out: str, *extra: str) -> tuple[int, str]:
+    r = runner.invoke(app, ["edit", str(files / "in.png"), "--map", str(files / "map.png"), "--prompt", "a fox",
+                            "--model", str(model), "--steps", str(STEPS), "--seed", "5", "-o", str(files / out), *extra])
+    return r.exit_code, r.output
+
+
+# ------------------------------------------------------------------------------ inpainting models
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_inpaint_checkpoint_mask_channel_is_the_free_mask_at_every_call(inpaint_path: Path, strength: float) -> None:
+    ed = Editor.from_pretrained(inpaint_path, progress=False)
+    assert ed.family == "sd-inpaint" and ed.pipe.unet.config.in_channels == 9
+    seen: list[torch.Tensor] = []
+    inner = ed.pipe.unet.forward
+
+    def record(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(sample[:, 4].clone())  # channels: 4 latents, 1 mask, 4 masked-image latents
+        return inner(sample, *args, **kwargs)
+
+    ed.pipe.unet.forward = record
+    img = sample_image(64, 64, seed=3)
+    try:
+        out = ed.edit(img, band_map(), "a fox", num_inference_steps=8, strength=strength, seed=2)[0]
+    finally:
+        del ed.pipe.unet.forward
+    total = min(int(8 * strength), 8)
+    assert len(seen) == total
+    for k, mask in enumerate(seen):
+        want = expected_mask(k, total)
+        assert all(torch.equal(m, want) for m in mask), f"model step {k}"
+    assert torch.equal(seen[0][0], expected_mask(0, total)) and seen[0][0].sum() < seen[-1][0].sum()  # it grows
+    assert seen[-1][0].sum() == 4 * 8  # at the last step every pixel with map > 0
+    assert left_half_identical(out, img)
+    assert not np.array_equal(np.asarray(out)[:, 32:], np.asarray(img)[:, 32:])
+    assert out.info["diffdiff"]["family"] == "sd-inpaint" and out.info["diffdiff"]["inpaint_checkpoint"] is True
+
+
+def test_inpaint_checkpoint_full_change_is_the_plain_inpainting_pipeline(inpaint_path: Path) -> None:
+    """At strength 1 with an all-white map (once "the pipeline never noised the input image")."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    ed = Editor.from_pretrained(inpaint_path, progress=False)
+    img = sample_image(64, 64, seed=3)
+    white = Image.new("L", (64, 64), 255)
+    ours = np.asarray(ed.edit(img, white, "a fox", num_inference_steps=STEPS, seed=4)[0])
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(inpaint_path, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(prompt="a fox", image=img, mask_image=white, height=64, width=64, strength=1.0,
+                 num_inference_steps=STEPS, generator=torch.Generator().manual_seed(4), output_type="np").images[0]
+    assert np.array_equal(ours, (plain * 255).round().astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------- ControlNet
+def test_cli_controlnet_by_path(files: Path, tiny_sd_path: Path, controlnet_path: Path) -> None:
+    code, output = edit_cli(files, tiny_sd_path, "plain.png")
+    assert code == 0, output
+    code, output = edit_cli(files, tiny_sd_path, "cn.png", "--controlnet", str(controlnet_path),
+                            "--control-image", str(files / "control.png"), "--control-scale", "0.7")
+    assert code == 0, output
+    src, plain, cn = (Image.open(files / n) for n in ("in.png", "plain.png", "cn.png"))
+    assert left_half_identical(cn, src)
+    assert not np.array_equal(np.asarray(cn), np.asarray(plain))
+    meta = read_metadata(files / "cn.png")
+    assert meta["controlnet"] == ["controlnet"] and meta["family"] == "sd-controlnet"
+    assert meta["controlnet_scale"] == 0.7
+    assert meta["control_image_files"] == ["control.png"]
+    assert meta["control_image_sha256"] == [image_sha256(Image.open(files / "control.png"))]
+
+
+def test_cli_control_from_canny_uses_opencv_canny(files: Path, tiny_sd_path: Path, controlnet_path: Path) -> None:
+    import cv2
+
+    code, output = edit_cli(files, tiny_sd_path, "canny.png", "--controlnet", str(controlnet_path),
+                            "--controlnet", str(controlnet_path), "--control-from", "canny")
+    assert code == 0, output
+    edges = cv2.Canny(np.asarray(Image.open(files / "in.png").convert("L")), 100, 200)
+    meta = read_metadata(files / "canny.png")
+    assert meta["control_from"] == "canny" and len(meta["controlnet"]) == 2
+    assert meta["control_image_sha256"] == [image_sha256(Image.fromarray(np.stack([edges] * 3, -1), "RGB"))]
+    assert left_half_identical(Image.open(files / "canny.png"), Image.open(files / "in.png"))
+
+
+def test_sdxl_controlnet_from_python(addon_dir: Path, tiny_sdxl_path: Path) -> None:
+    net = build_tiny_controlnet(addon_dir / "controlnet-xl", tiny_sdxl_path, seed=1)
+    ed = Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+    assert ed.family == "sdxl-controlnet"
+    img, control = sample_image(64, 64, seed=3), sample_image(64, 64, seed=8)
+    kw = dict(num_inference_steps=STEPS, seed=6)
+    with_cn = ed.edit(img, band_map(), "a fox", control_image=control, **kw)[0]
+    weak = ed.edit(img, band_map(), "a fox", control_image=control, controlnet_conditioning_scale=0.0, **kw)[0]
+    plain = Editor.from_pretrained(tiny_sdxl_path, progress=False).edit(img, band_map(), "a fox", **kw)[0]
+    assert left_half_identical(with_cn, img)
+    assert not np.array_equal(np.asarray(with_cn), np.asarray(plain))
+    assert np.array_equal(np.asarray(weak), np.asarray(plain))  # scale 0 switches the ControlNet off
+    assert with_cn.info["diffdiff"]["controlnet"] == ["controlnet-xl"]
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+def test_cli_lora_file_with_scale(files: Path, tiny_sd_path: Path, lora_file: Path) -> None:
+    code, output = edit_cli(files, tiny_sd_path, "base.png")
+    assert code == 0, output
+    code, output = edit_cli(files, tiny_sd_path, "lora.png", "--lora", f"{lora_file}:0.8")
+    assert code == 0, output
+    src, base, out = (Image.open(files / n) for n in ("in.png", "base.png", "lora.png"))
+    assert left_half_identical(out, src)
+    assert not np.array_equal(np.asarray(out), np.asarray(base))
+    (record,) = read_metadata(files / "lora.png")["lora"]
+    assert record["lora"] == lora_file.name and record["scale"] == 0.8 and record["sha256"] == file_sha256(lora_file)
+
+
+def test_lora_scale_zero_is_the_base_model(tiny_sd_path: Path, lora_file: Path) -> None:
+    img = sample_image(64, 64, seed=3)
+    kw = dict(num_inference_steps=STEPS, seed=9)
+    base = Editor.from_pretrained(tiny_sd_path, progress=False).edit(img, band_map(), "a fox", **kw)[0]
+    off = Editor.from_pretrained(tiny_sd_path, lora=[f"{lora_file}:0"], progress=False).edit(img, band_map(), "a fox", **kw)[0]
+    half = Editor.from_pretrained(tiny_sd_path, lora=[(str(lora_file), 0.5)], progress=False).edit(
+        img, band_map(), "a fox", **kw)[0]
+    assert np.array_equal(np.asarray(off), np.asarray(base))
+    assert not np.array_equal(np.asarray(half), np.asarray(base))
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("a.safetensors:0.8", ("a.safetensors", 0.8)),
+    ("a.safetensors", ("a.safetensors", 1.0)),
+    ("C:/loras/x.safetensors", ("C:/loras/x.safetensors", 1.0)),
+    ("C:/loras/x.safetensors:-0.5", ("C:/loras/x.safetensors", -0.5)),
+    ("owner/repo:1.5", ("owner/repo", 1.5)),
+])
+def test_parse_lora(spec: str, want: tuple[str, float]) -> None:
+    assert parse_lora(spec) == want
+
+
+def test_parse_lora_refuses_a_bad_scale() -> None:
+    with pytest.raises(DiffDiffError, match="scale"):
+        parse_lora("missing.safetensors:lots")
+
+
+# ----------------------------------------------------------------------------------------- IP-Adapter
+def test_cli_ip_adapter(files: Path, addon_dir: Path, tiny_sd_path: Path) -> None:
+    weights = build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
+    code, output = edit_cli(files, tiny_sd_path, "noip.png")
+    assert code == 0, output
+    code, output = edit_cli(files, tiny_sd_path, "ip.png", "--ip-adapter", str(weights), "--ip-adapter-image",
+                            str(files / "ref.png"), "--ip-adapter-scale", "0.6")
+    assert code == 0, output
+    src, base, out = (Image.open(files / n) for n in ("in.png", "noip.png", "ip.png"))
+    assert left_half_identical(out, src)
+    assert not np.array_equal(np.asarray(out), np.asarray(base))
+    meta = read_metadata(files / "ip.png")
+    assert meta["ip_adapter"] == {"ip_adapter": weights.name, "scale": 0.6, "sha256": file_sha256(weights)}
+    assert meta["ip_adapter_image_sha256"] == image_sha256(Image.open(files / "ref.png"))
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path: Path, controlnet_path: Path) -> dict:
+    junk = addon_dir / "junk.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"something.weight": torch.zeros(2, 2)}, str(junk))
+    return {
+        "family": (inpaint_path, ["--controlnet", str(controlnet_path), "--control-image", str(files / "control.png")],
+                   "cannot be used with"),
+        "aspect": (None, ["--controlnet", str(controlnet_path), "--control-image", str(files / "wide.png")],
+                   "another aspect ratio"),
+        "lora-shape": (None, ["--lora", str(save_random_lora(tiny_sdxl_path, addon_dir / "lora-xl"))], "does not fit"),
+        "lora-junk": (None, ["--lora", f"{junk}:0.5"], "junk.safetensors"),
+        "lora-missing": (None, ["--lora", str(addon_dir / "nope.safetensors")], "does not exist"),
+        "ip-image": (None, ["--ip-adapter", str(addon_dir / "ip" / "ip-adapter_tiny.safetensors"),
+                            "--ip-adapter-image", str(files / "broken.png")], "broken.png"),
+        "control-without-net": (None, ["--control-image", str(files / "control.png")], "--controlnet"),
+    }
+
+
+@pytest.mark.parametrize("case", ["family", "aspect", "lora-shape", "lora-junk", "lora-missing", "ip-image",
+                                  "control-without-net"])
+def test_cli_bad_addon_input_is_one_line_and_writes_nothing(case: str, bad_inputs: dict, files: Path,
+                                                             tiny_sd_path: Path) -> None:
+    model, args, message = bad_inputs[case]
+    out = f"bad-{case}.png"
+    code, output = edit_cli(files, model or tiny_sd_path, out, *args)
+    assert code == 1
+    (line,) = error_lines(output)
+    assert message in line and "Traceback" not in output
+    assert not (files / out).exists()
+    assert not [p for p in files.iterdir() if p.name.startswith(f".bad-{case}")]  # no temp file left
+
+
+def test_python_addon_inputs_without_the_addon_are_refused(sd_editor: Editor) -> None:
+    img = sample_image(64, 64, seed=3)
+    with pytest.raises(DiffDiffError, match="ControlNet"):
+        sd_editor.edit(img, band_map(), "x", num_inference_steps=2, control_image=img)
+    with pytest.raises(DiffDiffError, match="IP-Adapter"):
+        sd_editor.edit(img, band_map(), "x", num_inference_steps=2, ip_adapter_image=img)
+
+
+# ---------------------------------------------------------------------------------------- depth maps
+def test_cli_map_depth_with_marigold(files: Path, addon_dir: Path) -> None:
+    from diffusers import MarigoldDepthPipeline
+
+    model = build_tiny_marigold(addon_dir / "marigold")
+    r = runner.invoke(app, ["map", "depth", str(files / "in.png"), "--depth-model", str(model), "--near", "0",
+                            "--far", "1", "--seed", "3", "-o", str(files / "depth-map.png")])
+    assert r.exit_code == 0, r.output
+    pipe = MarigoldDepthPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    depth = pipe(Image.open(files / "in.png"), generator=torch.Generator().manual_seed(3)).prediction[0, :, :, 0]
+    grey = np.round(np.clip(depth, 0, 1) * 255)
+    want = (grey - grey.min()) / (grey.max() - grey.min())  # near (0) keeps, far (1) changes, linear between
+    got = np.asarray(Image.open(files / "depth-map.png")).astype(np.float64) / 255
+    assert got.shape == (64, 64) and np.abs(got - want).max() <= 1 / 255 + 1e-9
+    meta = json.loads(Image.open(files / "depth-map.png").info["diffdiff"])
+    assert meta["depth_model"] == str(model)
