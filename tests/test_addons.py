@@ -71,6 +71,11 @@ def inpaint_path(addon_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sdxl_inpaint_path(addon_dir: Path, tiny_sdxl_path: Path) -> Path:
+    return build_tiny_inpaint(addon_dir / "sdxl-inpaint", base="sdxl", base_model=tiny_sdxl_path)
+
+
+@pytest.fixture(scope="module")
 def controlnet_path(addon_dir: Path, tiny_sd_path: Path) -> Path:
     return build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
 
@@ -100,10 +105,13 @@ def edit_cli(files: Path, model: Path, out: str, *extra: str) -> tuple[int, str]
 
 
 # ------------------------------------------------------------------------------ inpainting models
-@pytest.mark.parametrize("strength", [1.0, 0.75])
-def test_inpaint_checkpoint_mask_channel_is_the_free_mask_at_every_call(inpaint_path: Path, strength: float) -> None:
-    ed = Editor.from_pretrained(inpaint_path, progress=False)
-    assert ed.family == "sd-inpaint" and ed.pipe.unet.config.in_channels == 9
+@pytest.mark.parametrize("model, family, strength", [
+    ("inpaint_path", "sd-inpaint", 1.0), ("inpaint_path", "sd-inpaint", 0.75), ("sdxl_inpaint_path", "sdxl-inpaint", 1.0),
+])
+def test_inpaint_checkpoint_mask_channel_is_the_free_mask_at_every_call(model: str, family: str, strength: float,
+                                                                        request: pytest.FixtureRequest) -> None:
+    ed = Editor.from_pretrained(request.getfixturevalue(model), progress=False)
+    assert ed.family == family and ed.pipe.unet.config.in_channels == 9
     seen: list[torch.Tensor] = []
     inner = ed.pipe.unet.forward
 
@@ -126,7 +134,7 @@ def test_inpaint_checkpoint_mask_channel_is_the_free_mask_at_every_call(inpaint_
     assert seen[-1][0].sum() == 4 * 8  # at the last step every pixel with map > 0
     assert left_half_identical(out, img)
     assert not np.array_equal(np.asarray(out)[:, 32:], np.asarray(img)[:, 32:])
-    assert out.info["diffdiff"]["family"] == "sd-inpaint" and out.info["diffdiff"]["inpaint_checkpoint"] is True
+    assert out.info["diffdiff"]["family"] == family and out.info["diffdiff"]["inpaint_checkpoint"] is True
 
 
 def test_inpaint_checkpoint_full_change_is_the_plain_inpainting_pipeline(inpaint_path: Path) -> None:
@@ -187,6 +195,20 @@ def test_sdxl_controlnet_from_python(addon_dir: Path, tiny_sdxl_path: Path) -> N
     assert not np.array_equal(np.asarray(with_cn), np.asarray(plain))
     assert np.array_equal(np.asarray(weak), np.asarray(plain))  # scale 0 switches the ControlNet off
     assert with_cn.info["diffdiff"]["controlnet"] == ["controlnet-xl"]
+
+
+def test_sdxl_controlnet_union_takes_a_control_mode(addon_dir: Path, tiny_sdxl_path: Path) -> None:
+    net = build_tiny_controlnet(addon_dir / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
+    ed = Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+    img, control = sample_image(64, 64, seed=3), sample_image(64, 64, seed=8)
+    with pytest.raises(DiffDiffError, match="control_mode"):
+        ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, control_image=control)
+    depth = ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, seed=1, control_image=control,
+                    control_mode="depth")[0]
+    seg = ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, seed=1, control_image=control, control_mode=5)[0]
+    assert left_half_identical(depth, img)
+    assert not np.array_equal(np.asarray(depth), np.asarray(seg))  # the mode reaches the model
+    assert depth.info["diffdiff"]["control_mode"] == 1 and seg.info["diffdiff"]["control_mode"] == 5
 
 
 # ----------------------------------------------------------------------------------------------- LoRA

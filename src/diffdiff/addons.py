@@ -28,6 +28,7 @@ from .control import (
     controlnet_family,
     controlnet_pipeline,
     load_controlnet,
+    union_mode,
 )
 from .errors import DiffDiffError
 from .inpaint import as_inpaint_pipeline, is_inpaint_checkpoint
@@ -50,6 +51,8 @@ class Addons:
     """What :func:`load_addons` put on the pipeline (empty for a plain model)."""
 
     controlnets: list[str] = field(default_factory=list)
+    #: the ControlNet is a ControlNet Union (SDXL): the call needs a control type
+    union: bool = False
     loras: list[dict[str, Any]] = field(default_factory=list)
     ip_adapter: Optional[dict[str, Any]] = None
     inpaint: bool = False
@@ -67,9 +70,11 @@ class Addons:
             meta["ip_adapter"] = dict(self.ip_adapter)
         return meta
 
-    def check_inputs(self, control_image: Any, control_from: Optional[str], controlnet_scale: Any,
-                     ip_adapter_image: Any) -> None:
+    def check_inputs(self, control_image: Any = None, control_from: Optional[str] = None, controlnet_scale: Any = None,
+                     ip_adapter_image: Any = None, control_mode: Any = None) -> None:
         """Refuse per-edit inputs for add-ons that are not loaded, before any work is done."""
+        if control_mode is not None and not self.union:
+            raise DiffDiffError("control_mode (--control-mode) is only for a ControlNet Union model")
         if not self.controlnets and (control_image is not None or control_from is not None or controlnet_scale is not None):
             raise DiffDiffError("control_image / control_from / controlnet_conditioning_scale need a ControlNet: "
                                 "load one with controlnet= (CLI: --controlnet PATH)")
@@ -91,9 +96,10 @@ class Addons:
         control_from: Optional[str] = None,
         controlnet_scale: Union[float, list[float], None] = None,
         ip_adapter_image: Optional[ImageLike] = None,
+        control_mode: Union[int, str, None] = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Extra pipeline-call arguments for one edit (``work`` is the input at the work size), and metadata."""
-        self.check_inputs(control_image, control_from, controlnet_scale, ip_adapter_image)
+        self.check_inputs(control_image, control_from, controlnet_scale, ip_adapter_image, control_mode)
         kwargs: dict[str, Any] = {}
         meta: dict[str, Any] = {}
         if self.controlnets:
@@ -102,6 +108,10 @@ class Addons:
             kwargs["control_image"] = images[0] if len(images) == 1 else images
             kwargs["controlnet_conditioning_scale"] = scale
             meta.update(control_meta, controlnet_scale=scale)
+            if self.union:
+                mode = union_mode(control_mode, control_from)
+                kwargs["control_image"], kwargs["control_mode"] = list(images), [mode] * len(images)
+                meta["control_mode"] = mode
         if self.ip_adapter is not None:
             img, ip_meta = open_ip_image(ip_adapter_image)  # type: ignore[arg-type]
             kwargs["ip_adapter_image"] = img
@@ -116,7 +126,8 @@ def addons_of(pipe: Any) -> Addons:
         return Addons(inpaint=is_inpaint_checkpoint(pipe))
     nets = list(getattr(net, "nets", [net]))
     names = [str(getattr(getattr(n, "config", None), "_name_or_path", "") or type(n).__name__) for n in nets]
-    return Addons(controlnets=names, inpaint=is_inpaint_checkpoint(pipe))
+    union = any(type(n).__name__ == "ControlNetUnionModel" for n in nets)
+    return Addons(controlnets=names, union=union, inpaint=is_inpaint_checkpoint(pipe))
 
 
 def load_addons(
@@ -142,6 +153,7 @@ def load_addons(
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         nets = [load_controlnet(s, getattr(denoiser, "dtype", dtype)) for s in specs]
         pipe = controlnet_pipeline(pipe, nets, specs)
+        addons.union = any(type(n).__name__ == "ControlNetUnionModel" for n in nets)
         addons.controlnets = [os.path.basename(os.path.normpath(s)) if os.path.exists(s) else s for s in specs]
     if ip_adapter is not None:
         addons.ip_adapter = load_ip_adapter(pipe, ip_adapter, ip_adapter_scale)

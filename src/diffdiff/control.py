@@ -47,6 +47,25 @@ ASPECT_TOLERANCE = 0.02
 #: Derivations of a control image from the input (``control_from=``).
 CONTROL_FROM = ("canny",)
 
+#: ControlNet Union (SDXL) control types, as its model card numbers them (``control_mode=``).
+UNION_MODES = {"openpose": 0, "depth": 1, "scribble": 2, "canny": 3, "normal": 4, "segment": 5, "tile": 6, "repaint": 7}
+
+
+def union_mode(mode: Any, control_from: Optional[str]) -> int:
+    """The ControlNet Union control type: a number, a name from :data:`UNION_MODES`, or from ``control_from``."""
+    if mode is None and control_from is not None:
+        mode = control_from
+    if mode is None:
+        names = ", ".join(f"{v} {k}" for k, v in UNION_MODES.items())
+        raise DiffDiffError(f"ControlNet Union needs control_mode= (CLI: --control-mode): {names}")
+    if isinstance(mode, str) and not mode.isdigit():
+        if mode not in UNION_MODES:
+            raise DiffDiffError(f"unknown control mode {mode!r}; use one of {', '.join(UNION_MODES)} or a number")
+        return UNION_MODES[mode]
+    if isinstance(mode, bool) or not str(mode).isdigit():
+        raise DiffDiffError(f"control_mode must be a name or a number >= 0, got {mode!r}")
+    return int(mode)
+
 ControlLike = Union[Image.Image, str, os.PathLike]
 
 

@@ -284,6 +284,7 @@ class Editor:
         controlnet_conditioning_scale: Any = None,
         control_from: Optional[str] = None,
         ip_adapter_image: Any = None,
+        control_mode: Any = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -294,12 +295,14 @@ class Editor:
         ``skip_frozen=True`` runs the model at each step only where pixels are free by then (box +
         ``crop_padding`` px of context; :mod:`diffdiff.skip`): much less work for small or graded maps.
         With a ControlNet loaded: ``control_image`` (one, or one per ControlNet; the input's aspect
-        ratio) or ``control_from="canny"``, and ``controlnet_conditioning_scale``. With an IP-Adapter:
+        ratio) or ``control_from="canny"``, and ``controlnet_conditioning_scale``; ControlNet Union
+        also ``control_mode`` (a name such as ``"depth"`` or its number). With an IP-Adapter:
         ``ip_adapter_image``.
         """
         validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
         addon_inputs = dict(control_image=control_image, control_from=control_from,
-                            controlnet_scale=controlnet_conditioning_scale, ip_adapter_image=ip_adapter_image)
+                            controlnet_scale=controlnet_conditioning_scale, ip_adapter_image=ip_adapter_image,
+                            control_mode=control_mode)
         self.addons.check_inputs(**addon_inputs)
         if crop and any(v is not None for v in addon_inputs.values()):
             raise DiffDiffError("crop=True (--crop) does not work with ControlNet or IP-Adapter inputs yet; edit the full image")

@@ -69,6 +69,10 @@ def load_loras(pipe: Any, specs: list[Any]) -> list[dict[str, Any]]:
         return []
     if not hasattr(pipe, "load_lora_weights"):
         raise DiffDiffError(f"{type(pipe).__name__} does not take LoRA weights")
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if not USE_PEFT_BACKEND:
+        raise DiffDiffError('LoRA loading needs peft: pip install "diffdiff[lora]"')
     parsed = [parse_lora(s) for s in specs]
     names, scales, records = [], [], []
     for index, (name, scale) in enumerate(parsed):

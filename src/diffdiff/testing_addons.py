@@ -24,17 +24,20 @@ def _randomise(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def build_tiny_inpaint(path: str | Path, base: str = "sd", seed: int = 0, scheduler: str = "euler") -> Path:
+def build_tiny_inpaint(path: str | Path, base: str = "sd", seed: int = 0, scheduler: str = "euler",
+                       base_model: str | Path | None = None) -> Path:
     """Save a tiny 9-channel inpainting pipeline (``base``: ``"sd"`` or ``"sdxl"``) to ``path``.
 
     The UNet takes latents (4) + mask (1) + masked-image latents (4), as the real inpainting
     checkpoints do; the folder's ``model_index.json`` names diffusers' inpainting pipeline class.
+    ``base_model``: a tiny folder of that base to take the other components from (else one is built).
     """
     import diffusers
 
     path = Path(path)
-    base_dir = path.parent / f".base-{path.name}"
-    (build_tiny_sd if base == "sd" else build_tiny_sdxl)(base_dir, seed=seed, scheduler=scheduler)
+    base_dir = Path(base_model) if base_model is not None else path.parent / f".base-{path.name}"
+    if base_model is None:
+        (build_tiny_sd if base == "sd" else build_tiny_sdxl)(base_dir, seed=seed, scheduler=scheduler)
     cls = diffusers.StableDiffusionInpaintPipeline if base == "sd" else diffusers.StableDiffusionXLInpaintPipeline
     pipe = cls.from_pretrained(base_dir, safety_checker=None) if base == "sd" else cls.from_pretrained(base_dir)
     config = dict(pipe.unet.config)
@@ -58,6 +61,9 @@ def build_tiny_controlnet(path: str | Path, base_model: str | Path, seed: int = 
     cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
     torch.manual_seed(seed)
     net = cls.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    if union:  # from_unet keeps the real model's 320-wide control-type transformer: size it to the tiny UNet
+        width = int(unet.config.block_out_channels[0])
+        net = cls.from_config(net.config, num_trans_channel=width, num_proj_channel=width, num_trans_head=4)
     parts = [net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
     parts += list(net.controlnet_down_blocks)
     for i, part in enumerate(parts):

@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Control image (same aspect ratio as IMAGE); one, or one per --controlnet."),
         control_scale: Optional[list[float]] = typer.Option(None, "--control-scale", help="ControlNet conditioning scale [default: 1.0]; one, or one per --controlnet."),
         control_from: Optional[str] = typer.Option(None, "--control-from", help="Derive the control image from IMAGE instead: 'canny' (OpenCV Canny edges)."),
+        control_mode: Optional[str] = typer.Option(None, "--control-mode", help="ControlNet Union only: control type (openpose, depth, scribble, canny, normal, segment; ProMax also tile, repaint; or its number)."),
         lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA weights PATH_OR_ID[:SCALE] (diffusers, Kohya or A1111 file). Repeat for several."),
         ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="IP-Adapter weights file (its image_encoder folder beside it) or OWNER/REPO/SUBFOLDER/FILE."),
         ip_adapter_image: Optional[Path] = typer.Option(None, "--ip-adapter-image", help="Reference image for the IP-Adapter."),
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
                 control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
-                controlnet_conditioning_scale=list(control_scale) if control_scale else None,
+                controlnet_conditioning_scale=list(control_scale) if control_scale else None, control_mode=control_mode,
                 ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
                 crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
