@@ -32,7 +32,7 @@ from diffdiff.testing_addons import (
     save_random_lora,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.editor.DiffDiffWarning")  # 4-step runs, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.errors.DiffDiffWarning")  # 4-step runs, on purpose
 runner = CliRunner()
 STEPS = 4
 # Eight 8-px column bands (one latent column each): the left half black, then graded up to white.
@@ -169,17 +169,41 @@ def test_cli_controlnet_by_path(files: Path, tiny_sd_path: Path, controlnet_path
     assert meta["control_image_sha256"] == [image_sha256(Image.open(files / "control.png"))]
 
 
-def test_cli_control_from_canny_uses_opencv_canny(files: Path, tiny_sd_path: Path, controlnet_path: Path) -> None:
+def test_cli_control_from_canny_with_two_controlnets(files: Path, tiny_sd_path: Path, controlnet_path: Path) -> None:
+    code, output = edit_cli(files, tiny_sd_path, "canny.png", "--controlnet", str(controlnet_path),
+                            "--controlnet", str(controlnet_path), "--control-from", "canny", "--control-scale", "0.5",
+                            "--control-scale", "1.5")
+    assert code == 0, output
+    meta = read_metadata(files / "canny.png")
+    assert meta["control_from"] == "canny" and meta["controlnet"] == ["controlnet", "controlnet"]
+    assert meta["controlnet_scale"] == [0.5, 1.5]
+    assert left_half_identical(Image.open(files / "canny.png"), Image.open(files / "in.png"))
+
+
+def test_control_from_canny_feeds_the_controlnet_opencv_edges(tiny_sd_path: Path, controlnet_path: Path) -> None:
     import cv2
 
-    code, output = edit_cli(files, tiny_sd_path, "canny.png", "--controlnet", str(controlnet_path),
-                            "--controlnet", str(controlnet_path), "--control-from", "canny")
-    assert code == 0, output
-    edges = cv2.Canny(np.asarray(Image.open(files / "in.png").convert("L")), 100, 200)
-    meta = read_metadata(files / "canny.png")
-    assert meta["control_from"] == "canny" and len(meta["controlnet"]) == 2
-    assert meta["control_image_sha256"] == [image_sha256(Image.fromarray(np.stack([edges] * 3, -1), "RGB"))]
-    assert left_half_identical(Image.open(files / "canny.png"), Image.open(files / "in.png"))
+    ed = Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, progress=False)
+    seen: list[torch.Tensor] = []
+    inner = ed.pipe.controlnet.forward
+
+    def record(*args: object, **kwargs: torch.Tensor) -> object:
+        seen.append(kwargs["controlnet_cond"].clone())
+        return inner(*args, **kwargs)
+
+    ed.pipe.controlnet.forward = record
+    arr = np.asarray(sample_image(64, 64, seed=3)).copy()
+    arr[16:48, 20:44] = 0  # a dark box: sharp edges for Canny
+    img = Image.fromarray(arr, "RGB")
+    try:
+        ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, seed=1, control_from="canny")
+    finally:
+        del ed.pipe.controlnet.forward
+    edges = cv2.Canny(np.asarray(img.convert("L")), 100, 200)
+    assert seen and edges.any()
+    for cond in seen:  # what the ControlNet saw, in [0, 1], for every step and both guidance halves
+        for c in cond:
+            assert np.array_equal((c.permute(1, 2, 0).numpy() * 255).round(), np.stack([edges] * 3, -1))
 
 
 def test_sdxl_controlnet_from_python(addon_dir: Path, tiny_sdxl_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .errors import DiffDiffError, ModelLoadError
-from .loading import dtype_kwargs, hub_reachable, resolve_device_dtype
+from .loading import _cache_then_hub, dtype_kwargs, resolve_device_dtype
 from .maps import from_depth
 
 
@@ -37,13 +37,7 @@ def load_depth_model(model: str | os.PathLike[str], device: Optional[str] = None
         elif path.exists() or name.startswith((".", "/", "~")):
             raise ModelLoadError(f"depth model '{name}' does not exist or is not a diffusers folder")
         else:
-            try:
-                pipe = diffusers.MarigoldDepthPipeline.from_pretrained(name, local_files_only=True, **kw)
-            except Exception as exc:
-                if not hub_reachable():
-                    raise ModelLoadError(f"depth model '{name}' is not in the local cache and the hub cannot be "
-                                         "reached; run once with network access or pass a local path") from exc
-                pipe = diffusers.MarigoldDepthPipeline.from_pretrained(name, **kw)
+            pipe = _cache_then_hub(name, lambda **extra: diffusers.MarigoldDepthPipeline.from_pretrained(name, **kw, **extra))
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -87,6 +87,11 @@ class InpaintMasks:
         self.current = self.latent_mask(0)
         self.masks: list[torch.Tensor] = []
 
+    @property
+    def records(self) -> list[Any]:
+        """The wrapped hook's step records (what :func:`diffdiff.families.base.run_stage` collects)."""
+        return self.hook.records
+
     # the schedule -----------------------------------------------------------------------------------
     def latent_mask(self, model_step: int) -> torch.Tensor:
         """The mask model step ``model_step`` sees: pixels the blend after it keeps, shape (1, 1, h, w)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import DiffDiffError, ModelLoadError
 from .io import file_sha256
-from .loading import hub_reachable
+from .loading import _cache_then_hub
 
 LoraSpec = tuple[str, float]
 
@@ -81,19 +81,18 @@ def load_loras(pipe: Any, specs: list[Any]) -> list[dict[str, Any]]:
         local = path.exists()
         if not local and (name.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".bin", ".pt", ".ckpt")):
             raise ModelLoadError(f"LoRA file '{name}' does not exist")
-        kw: dict[str, Any] = {"adapter_name": adapter}
-        if not local:
-            kw["local_files_only"] = not hub_reachable()
         try:
-            pipe.load_lora_weights(str(path) if local else name, **kw)
+            if local:
+                pipe.load_lora_weights(str(path), adapter_name=adapter)
+            else:  # a hub id: the local cache first
+                _cache_then_hub(name, lambda n=name, a=adapter, **extra: pipe.load_lora_weights(n, adapter_name=a, **extra))
+        except ModelLoadError:
+            raise
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}".lower()
             if "size mismatch" in text:
                 raise DiffDiffError(f"LoRA '{name}' does not fit this model (its weight shapes are for another "
                                     "model family or size)") from exc
-            if not local and any(m in text for m in ("offline", "localentrynotfound", "connection", "not found")):
-                raise ModelLoadError(f"LoRA '{name}' is not in the local cache and the hub cannot be reached; "
-                                     "pass a local file") from exc
             raise ModelLoadError(f"LoRA '{name}' could not be loaded: {_first_line(exc)}") from exc
         components = _loaded(pipe, adapter)
         if not components:

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
-        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD and SDXL). Repeat for several."),
+        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD and SDXL, ControlNet Union too). Repeat for several."),
         control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Control image (same aspect ratio as IMAGE); one, or one per --controlnet."),
         control_scale: Optional[list[float]] = typer.Option(None, "--control-scale", help="ControlNet conditioning scale [default: 1.0]; one, or one per --controlnet."),
         control_from: Optional[str] = typer.Option(None, "--control-from", help="Derive the control image from IMAGE instead: 'canny' (OpenCV Canny edges)."),
@@ -55,9 +55,8 @@ def register(app: typer.Typer) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
         def body() -> None:
-            from ..editor import check_pixel_limit
             from ..errors import DiffDiffError
-            from ..io import check_output_path, file_sha256, open_image
+            from ..io import check_output_path, check_pixel_limit, file_sha256, open_image
 
             img = open_image(image, "image")
             if not crop:
@@ -67,31 +66,30 @@ def register(app: typer.Typer) -> None:
             cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
             from ..changemap import prepare_change_map
-            from ..editor import validate_edit_params
+            from ..request import EditRequest
 
-            validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
+            request = EditRequest(
+                prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
+                paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
+                crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
+                metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
+                                                       if change_map is not None else {"auto_map_source": auto_map})},
+                control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
+                controlnet_conditioning_scale=list(control_scale) if control_scale else None, control_mode=control_mode,
+                ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
+            )
             if cmap is not None:
-                prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
-            addon_kw = _addon_kw(img.size, controlnet, control_image, control_from, lora, ip_adapter, ip_adapter_image,
-                                 ip_adapter_scale)
+                prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model
+            addon_kw = _addon_kw(img.size, controlnet, control_image, lora, ip_adapter, ip_adapter_image, ip_adapter_scale)
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3),
                              **addon_kw)
             ed.refiner_start = refiner_start
             ed.max_pixels = max_pixels
             if cmap is None:
                 cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
-            images = ed.edit(
-                img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                strength=strength, seed=seed, num_images=num_images,
-                polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
-                paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
-                control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
-                controlnet_conditioning_scale=list(control_scale) if control_scale else None, control_mode=control_mode,
-                ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
-                crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
-                metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
-                                                       if change_map is not None else {"auto_map_source": auto_map})},
-            )
+                request = request.replace(polarity="change")  # automatic maps are white = change
+            images = ed.edit_with(img, cmap, request)
             save_outputs(images, output)
 
         run_command(body)
@@ -115,25 +113,21 @@ def _addon_kw(
     size: tuple[int, int],
     controlnet: Optional[list[str]],
     control_image: Optional[list[Path]],
-    control_from: Optional[str],
     lora: Optional[list[str]],
     ip_adapter: Optional[str],
     ip_adapter_image: Optional[Path],
     ip_adapter_scale: float,
 ) -> dict[str, Any]:
-    """Check the add-on inputs before any model is loaded; the loading keywords for those given."""
-    from ..control import CONTROL_FROM, check_control_shape
+    """Check the add-on files before any model is loaded; the loading keywords for the add-ons given."""
+    from ..addon_inputs import check_control_shape, check_scales, label
     from ..errors import DiffDiffError
     from ..io import open_image
-    from ..ipadapter import check_scale
     from ..lora import parse_lora
 
-    if (control_image or control_from) and not controlnet:
-        raise DiffDiffError("--control-image / --control-from need a ControlNet: add --controlnet PATH")
-    if control_from is not None and control_from not in CONTROL_FROM:
-        raise DiffDiffError(f"--control-from must be one of {', '.join(CONTROL_FROM)}, got {control_from!r}")
+    if control_image and not controlnet:
+        raise DiffDiffError("--control-image needs a ControlNet: add --controlnet PATH")
     for path in control_image or []:
-        check_control_shape(open_image(path, "control image"), size, f"control image '{path}'")
+        check_control_shape(open_image(path, "control image"), size, label(path))
     if ip_adapter_image is not None:
         if not ip_adapter:
             raise DiffDiffError("--ip-adapter-image needs an IP-Adapter: add --ip-adapter FILE")
@@ -142,8 +136,8 @@ def _addon_kw(
     if controlnet:
         kw["controlnet"] = tuple(controlnet)
     if lora:
-        kw["lora"] = tuple(f"{name}:{scale}" for name, scale in map(parse_lora, lora))
+        kw["lora"] = tuple(parse_lora(spec) for spec in lora)
     if ip_adapter:
         kw["ip_adapter"] = ip_adapter
-        kw["ip_adapter_scale"] = check_scale(ip_adapter_scale)
+        kw["ip_adapter_scale"] = check_scales(ip_adapter_scale, "--ip-adapter-scale")[0]
     return kw
