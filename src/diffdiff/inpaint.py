@@ -16,7 +16,8 @@ first step, every pixel with map > 0 at the last. This module owns that schedule
 * At strength 1 diffusers' inpainting pipelines start from pure noise without ever calling the
   scheduler's ``add_noise``, so there is nothing for :class:`~diffdiff.hook.NoiseCapture` to record.
   :meth:`InpaintMasks.prepare` then draws that noise itself (same generator, same order, passed as
-  ``latents=``) and encodes the original with the pipeline's VAE, so the blend has its reference.
+  ``latents=``) and encodes the original with the pipeline's VAE, so the blend has its reference
+  (not needed, and not encoded, when every pixel is free from the first blend on).
 
 Masks live on the latent grid; the pixel mask is that grid upsampled by the VAE factor (nearest), so
 diffusers' own nearest downsampling gives back exactly the latent mask.
@@ -125,8 +126,13 @@ class InpaintMasks:
             channels = int(pipe.vae.config.latent_channels)
             # Drawn exactly as the pipeline would (first draw of its generator), so the run matches it.
             noise = randn_tensor((batch, channels, h, w), generator=kwargs.get("generator"), device=device, dtype=dtype)
-            with torch.inference_mode():
-                clean = pipe._encode_vae_image(self.init.to(device=device, dtype=dtype), generator=self.generator)
+            if bool(free_mask(self.change, 1, self.total).all()):
+                # Every pixel is free from the first blend on (a full-change map): the reference is never
+                # read, so no encode is spent on it -- the run makes exactly the plain pipeline's calls.
+                clean = torch.zeros_like(noise)
+            else:
+                with torch.inference_mode():
+                    clean = pipe._encode_vae_image(self.init.to(device=device, dtype=dtype), generator=self.generator)
             self.hook.reference = Reference(clean=clean.repeat(batch // clean.shape[0], 1, 1, 1), noise=noise)
             kwargs["latents"] = noise
             kwargs["strength"] = 1.0
