@@ -29,6 +29,7 @@ from diffdiff.testing_addons import (
     build_tiny_inpaint,
     build_tiny_ip_adapter,
     build_tiny_marigold,
+    save_kohya_lora,
     save_random_lora,
 )
 
@@ -235,6 +236,37 @@ def test_sdxl_controlnet_union_takes_a_control_mode(addon_dir: Path, tiny_sdxl_p
     assert depth.info["diffdiff"]["control_mode"] == 1 and seg.info["diffdiff"]["control_mode"] == 5
 
 
+def test_controlnet_pipeline_shares_the_base_weights(tiny_sd_path: Path, controlnet_path: Path) -> None:
+    from diffusers import AutoPipelineForImage2Image, ControlNetModel
+
+    from diffdiff.control import controlnet_pipeline
+
+    base = AutoPipelineForImage2Image.from_pretrained(tiny_sd_path)
+    pipe = controlnet_pipeline(base, [ControlNetModel.from_pretrained(controlnet_path)])
+    assert type(pipe).__name__ == "StableDiffusionControlNetImg2ImgPipeline"
+    assert pipe.unet is base.unet and pipe.vae is base.vae and pipe.text_encoder is base.text_encoder
+
+
+def test_controlnet_with_crop_or_a_refiner_is_refused(tiny_sdxl_path: Path, tiny_refiner_path: Path,
+                                                      addon_dir: Path) -> None:
+    net = build_tiny_controlnet(addon_dir / "controlnet-xl-2", tiny_sdxl_path, seed=3)
+    with pytest.raises(DiffDiffError, match="refiner"):
+        Editor.from_pretrained(tiny_sdxl_path, controlnet=net, refiner=tiny_refiner_path, progress=False)
+    ed = Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+    img = sample_image(64, 64, seed=3)
+    with pytest.raises(DiffDiffError, match="crop"):
+        ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, control_image=img, crop=True)
+
+
+def test_controlnet_hub_id_offline_is_one_line(files: Path, tiny_sd_path: Path) -> None:
+    code, output = edit_cli(files, tiny_sd_path, "hub.png", "--controlnet", "nobody/no-such-controlnet",
+                            "--control-image", str(files / "control.png"))
+    assert code == 1
+    (line,) = error_lines(output)
+    assert "nobody/no-such-controlnet" in line and "cache" in line
+    assert not (files / "hub.png").exists()
+
+
 # ----------------------------------------------------------------------------------------------- LoRA
 def test_cli_lora_file_with_scale(files: Path, tiny_sd_path: Path, lora_file: Path) -> None:
     code, output = edit_cli(files, tiny_sd_path, "base.png")
@@ -257,6 +289,25 @@ def test_lora_scale_zero_is_the_base_model(tiny_sd_path: Path, lora_file: Path) 
         img, band_map(), "a fox", **kw)[0]
     assert np.array_equal(np.asarray(off), np.asarray(base))
     assert not np.array_equal(np.asarray(half), np.asarray(base))
+
+
+def test_kohya_single_file_lora_loads_like_the_diffusers_one(tiny_sd_path: Path, lora_file: Path,
+                                                           addon_dir: Path) -> None:
+    kohya = save_kohya_lora(lora_file, addon_dir / "kohya_style.safetensors")
+    img = sample_image(64, 64, seed=3)
+    kw = dict(num_inference_steps=STEPS, seed=9)
+    ours = Editor.from_pretrained(tiny_sd_path, lora=[f"{lora_file}:0.8"], progress=False).edit(img, band_map(), "a", **kw)
+    theirs = Editor.from_pretrained(tiny_sd_path, lora=[f"{kohya}:0.8"], progress=False).edit(img, band_map(), "a", **kw)
+    assert np.array_equal(np.asarray(ours[0]), np.asarray(theirs[0]))
+    assert theirs[0].info["diffdiff"]["lora"][0]["lora"] == "kohya_style.safetensors"
+
+
+def test_addons_extra_installs_peft_and_opencv() -> None:
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {req.split(">")[0].split("=")[0] for req in extras["addons"]}
+    assert {"peft", "opencv-python-headless"} <= names
 
 
 @pytest.mark.parametrize("spec, want", [
@@ -303,7 +354,8 @@ def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path:
                    "cannot be used with"),
         "aspect": (None, ["--controlnet", str(controlnet_path), "--control-image", str(files / "wide.png")],
                    "another aspect ratio"),
-        "lora-shape": (None, ["--lora", str(save_random_lora(tiny_sdxl_path, addon_dir / "lora-xl"))], "does not fit"),
+        "lora-shape": (None, ["--lora", str(save_random_lora(tiny_sdxl_path, addon_dir / "lora-xl"))],
+                       "lora-xl/pytorch_lora_weights.safetensors' does not fit"),
         "lora-junk": (None, ["--lora", f"{junk}:0.5"], "junk.safetensors"),
         "lora-missing": (None, ["--lora", str(addon_dir / "nope.safetensors")], "does not exist"),
         "ip-image": (None, ["--ip-adapter", str(addon_dir / "ip" / "ip-adapter_tiny.safetensors"),

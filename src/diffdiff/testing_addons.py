@@ -168,3 +168,23 @@ def build_tiny_marigold(path: str | Path, seed: int = 0) -> Path:
                                            default_denoising_steps=2, default_processing_resolution=64)
     pipe.save_pretrained(path)
     return path
+
+
+def save_kohya_lora(diffusers_lora: str | Path, out_file: str | Path) -> Path:
+    """Rewrite a diffusers-format SD UNet LoRA file in the Kohya / A1111 single-file layout.
+
+    ``unet.<module path>.lora.down.weight`` (or ``lora_A``) becomes ``lora_unet_<module_path>.lora_down.weight``
+    (``up`` / ``lora_B`` -> ``lora_up``) with an ``.alpha`` equal to the rank, as Kohya's scripts save them.
+    """
+    from safetensors.torch import load_file, save_file
+
+    out: dict[str, torch.Tensor] = {}
+    suffixes = {".lora.down.weight": "down", ".lora_A.weight": "down", ".lora.up.weight": "up", ".lora_B.weight": "up"}
+    for key, value in load_file(str(diffusers_lora)).items():
+        suffix = next(x for x in suffixes if key.endswith(x))
+        name = "lora_unet_" + key.removeprefix("unet.")[: -len(suffix)].replace(".", "_")
+        out[f"{name}.lora_{suffixes[suffix]}.weight"] = value
+        if suffixes[suffix] == "down":
+            out[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    save_file(out, str(out_file))
+    return Path(out_file)
