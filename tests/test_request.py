@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdiff import DiffDiffError, EditRequest, Editor
+from diffdiff import DiffDiffError, Editor, EditRequest
 from diffdiff.families.base import Job
 from diffdiff.testing import sample_image
 
