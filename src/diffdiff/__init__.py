@@ -25,7 +25,10 @@ _EXPORTS = {
     "save_png_atomic": "io",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "DiffDiffError", "DiffDiffWarning", "EditRequest", "Editor", "ModelLoadError", "UnsupportedModelError",
+    "__version__", "map_to_array", "prepare_change_map", "read_metadata", "save_png_atomic",
+]
 
 if TYPE_CHECKING:
     from .changemap import map_to_array, prepare_change_map
