@@ -9,6 +9,7 @@ OpenCV, diffusers pipelines called directly), never read back from the code unde
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -403,3 +404,32 @@ def test_cli_map_depth_with_marigold(files: Path, addon_dir: Path) -> None:
     assert got.shape == (64, 64) and np.abs(got - want).max() <= 1 / 255 + 1e-9
     meta = json.loads(Image.open(files / "depth-map.png").info["diffdiff"])
     assert meta["depth_model"] == str(model)
+
+
+# -------------------------------------------------------------------------------------------- REST API
+def test_rest_edit_takes_a_control_image_for_a_served_controlnet(tiny_sd_path: Path, controlnet_path: Path,
+                                                                  sd_editor: Editor, files: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from diffdiff.web import create_app
+
+    def post(client: TestClient, **extra: object) -> object:
+        upload = {name: (f"{name}.png", (files / f).read_bytes(), "image/png")
+                  for name, f in (("image", "in.png"), ("map", "map.png"), *extra.pop("uploads", []))}  # type: ignore[misc]
+        return client.post("/api/edit", files=upload, data={"prompt": "a fox", "steps": STEPS, "seed": 2, **extra})
+
+    ed = Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, progress=False)
+    with TestClient(create_app(ed, ui=False)) as client:
+        r = post(client, uploads=[("control_image", "control.png")], controlnet_scale="0.6")
+        assert r.status_code == 200, r.text
+        out = Image.open(io.BytesIO(r.content))
+        meta = read_metadata(out)
+        assert meta["controlnet"] == ["controlnet"] and meta["controlnet_scale"] == 0.6
+        assert meta["control_image_sha256"] == [image_sha256(Image.open(files / "control.png"))]
+        assert left_half_identical(out.convert("RGB"), Image.open(files / "in.png"))
+        wide = post(client, uploads=[("control_image", "wide.png")])
+        assert wide.status_code == 422 and "aspect ratio" in wide.json()["error"]
+    with TestClient(create_app(sd_editor, ui=False)) as client:
+        r = post(client, uploads=[("control_image", "control.png")])
+        assert r.status_code == 422 and "ControlNet" in r.json()["error"]

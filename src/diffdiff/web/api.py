@@ -182,9 +182,16 @@ def build_router(service: EditService) -> APIRouter:
         polarity: str = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
         skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
+        control_image: Optional[UploadFile] = File(None, description="ControlNet control image (served model with a ControlNet)"),
+        control_from: Optional[str] = Form(None, description="Derive the control image from the input instead: 'canny'"),
+        controlnet_scale: Optional[float] = Form(None, description="ControlNet conditioning scale [default: 1.0]"),
+        ip_adapter_image: Optional[UploadFile] = File(None, description="IP-Adapter reference image (served model with one)"),
     ) -> Response:
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
+        control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
+        ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
+        addon_inputs: dict[str, Any] = {}
 
         def prepare() -> tuple[Image.Image, Image.Image]:
             from ..changemap import prepare_change_map
@@ -194,13 +201,19 @@ def build_router(service: EditService) -> APIRouter:
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # aspect check before queueing on the model
+            # Add-on inputs for what the served model has loaded (checked against it in the edit).
+            addon_inputs.update(control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale)
+            if control_data:
+                addon_inputs["control_image"] = service.decode(control_data, "control image")
+            if ip_data:
+                addon_inputs["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
             return img, cmap
 
         def work(ed: Any, p: tuple[Image.Image, Image.Image]) -> Any:
             return ed.edit(
                 p[0], p[1], prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
-                skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
+                skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"}, **addon_inputs,
             )
 
         out, notes = await _job(service, prepare, work)
