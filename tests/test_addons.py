@@ -88,6 +88,11 @@ def lora_file(addon_dir: Path, tiny_sd_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def ip_weights(addon_dir: Path, tiny_sd_path: Path) -> Path:
+    return build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
+
+
+@pytest.fixture(scope="module")
 def files(addon_dir: Path) -> Path:
     folder = addon_dir / "files"
     folder.mkdir()
@@ -328,8 +333,8 @@ def test_parse_lora_refuses_a_bad_scale() -> None:
 
 
 # ----------------------------------------------------------------------------------------- IP-Adapter
-def test_cli_ip_adapter(files: Path, addon_dir: Path, tiny_sd_path: Path) -> None:
-    weights = build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
+def test_cli_ip_adapter(files: Path, ip_weights: Path, tiny_sd_path: Path) -> None:
+    weights = ip_weights
     code, output = edit_cli(files, tiny_sd_path, "noip.png")
     assert code == 0, output
     code, output = edit_cli(files, tiny_sd_path, "ip.png", "--ip-adapter", str(weights), "--ip-adapter-image",
@@ -345,7 +350,8 @@ def test_cli_ip_adapter(files: Path, addon_dir: Path, tiny_sd_path: Path) -> Non
 
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
-def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path: Path, controlnet_path: Path) -> dict:
+def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path: Path, controlnet_path: Path,
+               ip_weights: Path) -> dict:
     junk = addon_dir / "junk.safetensors"
     from safetensors.torch import save_file
 
@@ -359,7 +365,7 @@ def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path:
                        "lora-xl/pytorch_lora_weights.safetensors' does not fit"),
         "lora-junk": (None, ["--lora", f"{junk}:0.5"], "junk.safetensors"),
         "lora-missing": (None, ["--lora", str(addon_dir / "nope.safetensors")], "does not exist"),
-        "ip-image": (None, ["--ip-adapter", str(addon_dir / "ip" / "ip-adapter_tiny.safetensors"),
+        "ip-image": (None, ["--ip-adapter", str(ip_weights),
                             "--ip-adapter-image", str(files / "broken.png")], "broken.png"),
         "control-without-net": (None, ["--control-image", str(files / "control.png")], "--controlnet"),
     }
@@ -430,6 +436,36 @@ def test_rest_edit_takes_a_control_image_for_a_served_controlnet(tiny_sd_path: P
         assert left_half_identical(out.convert("RGB"), Image.open(files / "in.png"))
         wide = post(client, uploads=[("control_image", "wide.png")])
         assert wide.status_code == 422 and "aspect ratio" in wide.json()["error"]
+        canny = post(client, control_from="canny")
+        assert canny.status_code == 200 and read_metadata(Image.open(io.BytesIO(canny.content)))["control_from"] == "canny"
     with TestClient(create_app(sd_editor, ui=False)) as client:
         r = post(client, uploads=[("control_image", "control.png")])
         assert r.status_code == 422 and "ControlNet" in r.json()["error"]
+
+
+def test_rest_edit_takes_an_ip_adapter_image(tiny_sd_path: Path, ip_weights: Path, files: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from diffdiff.web import create_app
+
+    ed = Editor.from_pretrained(tiny_sd_path, ip_adapter=ip_weights, progress=False)
+    upload = {name: (f"{name}.png", (files / f).read_bytes(), "image/png")
+              for name, f in (("image", "in.png"), ("map", "map.png"), ("ip_adapter_image", "ref.png"))}
+    with TestClient(create_app(ed, ui=False)) as client:
+        r = client.post("/api/edit", files=upload, data={"prompt": "a fox", "steps": STEPS, "seed": 2})
+        assert r.status_code == 200, r.text
+        meta = read_metadata(Image.open(io.BytesIO(r.content)))
+        assert meta["ip_adapter_image_sha256"] == image_sha256(Image.open(files / "ref.png"))
+        del upload["ip_adapter_image"]
+        missing = client.post("/api/edit", files=upload, data={"prompt": "a fox", "steps": STEPS})
+        assert missing.status_code == 422 and "ip_adapter_image" in missing.json()["error"]
+
+
+def test_serve_takes_the_addon_flags_and_fails_before_binding(tiny_sd_path: Path, addon_dir: Path) -> None:
+    pytest.importorskip("fastapi")
+    r = runner.invoke(app, ["serve", "--model", str(tiny_sd_path), "--lora", str(addon_dir / "nope.safetensors"),
+                            "--port", "7861"])
+    assert r.exit_code == 1
+    (line,) = error_lines(r.output)
+    assert "nope.safetensors' does not exist" in line

@@ -81,7 +81,8 @@ def register(app: typer.Typer) -> None:
             )
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model
-            addon_kw = _addon_kw(img.size, controlnet, control_image, lora, ip_adapter, ip_adapter_image, ip_adapter_scale)
+            _check_addon_files(img.size, controlnet, control_image, ip_adapter, ip_adapter_image)
+            addon_kw = addon_load_kw(controlnet, lora, ip_adapter, ip_adapter_scale)
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3),
                              **addon_kw)
             ed.refiner_start = refiner_start
@@ -109,20 +110,17 @@ def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[s
     return {k: v for k, v in given.items() if v}
 
 
-def _addon_kw(
+def _check_addon_files(
     size: tuple[int, int],
     controlnet: Optional[list[str]],
     control_image: Optional[list[Path]],
-    lora: Optional[list[str]],
     ip_adapter: Optional[str],
     ip_adapter_image: Optional[Path],
-    ip_adapter_scale: float,
-) -> dict[str, Any]:
-    """Check the add-on files before any model is loaded; the loading keywords for the add-ons given."""
-    from ..addon_inputs import check_control_shape, check_scales, label
+) -> None:
+    """Check the add-on input files before any model is loaded."""
+    from ..addon_inputs import check_control_shape, label
     from ..errors import DiffDiffError
     from ..io import open_image
-    from ..lora import parse_lora
 
     if control_image and not controlnet:
         raise DiffDiffError("--control-image needs a ControlNet: add --controlnet PATH")
@@ -132,6 +130,14 @@ def _addon_kw(
         if not ip_adapter:
             raise DiffDiffError("--ip-adapter-image needs an IP-Adapter: add --ip-adapter FILE")
         open_image(ip_adapter_image, "IP-Adapter image")
+
+
+def addon_load_kw(controlnet: Optional[list[str]], lora: Optional[list[str]], ip_adapter: Optional[str],
+                  ip_adapter_scale: float) -> dict[str, Any]:
+    """``Editor.from_pretrained`` keywords for the add-ons given on the command line (none: none)."""
+    from ..addon_inputs import check_scales
+    from ..lora import parse_lora
+
     kw: dict[str, Any] = {}
     if controlnet:
         kw["controlnet"] = tuple(controlnet)

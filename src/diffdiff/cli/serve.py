@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .common import info, load_editor, run_command
+from .edit import addon_load_kw
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -22,6 +23,10 @@ def register(app: typer.Typer) -> None:
         no_ui: bool = typer.Option(False, "--no-ui", help="Serve the REST API only."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
+        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="Serve with this ControlNet (requests then send control_image). Repeat for several."),
+        lora: Optional[list[str]] = typer.Option(None, "--lora", help="Serve with these LoRA weights PATH_OR_ID[:SCALE]. Repeatable."),
+        ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="Serve with this IP-Adapter (requests then send ip_adapter_image)."),
+        ip_adapter_scale: float = typer.Option(1.0, "--ip-adapter-scale", help="IP-Adapter strength."),
     ) -> None:
         """Start the web UI at / and the REST API at /api (OpenAPI docs at /docs)."""
 
@@ -44,7 +49,8 @@ def register(app: typer.Typer) -> None:
             except ImportError as exc:
                 raise DiffDiffError(f"the web server needs the 'web' extra: pip install 'diffdiff[web]' ({exc})") from exc
             # Load before binding: a bad --model fails here with one line, not on the first request.
-            editor = load_editor(model, device=device, dtype=dtype)
+            editor = load_editor(model, device=device, dtype=dtype,
+                                 **addon_load_kw(controlnet, lora, ip_adapter, ip_adapter_scale))
             editor.set_progress_bar(False)
             app = create_app(editor, max_pixels=pixels, queue_size=waiting, ui=not no_ui)
             if host not in LOCAL_HOSTS:
