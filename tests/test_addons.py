@@ -469,3 +469,15 @@ def test_serve_takes_the_addon_flags_and_fails_before_binding(tiny_sd_path: Path
     assert r.exit_code == 1
     (line,) = error_lines(r.output)
     assert "nope.safetensors' does not exist" in line
+
+
+def test_inpaint_checkpoint_with_two_images_and_skip_frozen(inpaint_path: Path) -> None:
+    ed = Editor.from_pretrained(inpaint_path, progress=False)
+    img = sample_image(64, 64, seed=3)
+    plain = ed.edit(img, band_map(), "a fox", num_inference_steps=8, seed=2, num_images=2)
+    skipped = ed.edit(img, band_map(), "a fox", num_inference_steps=8, seed=2, num_images=2, skip_frozen=True)
+    assert len(plain) == len(skipped) == 2
+    assert any(f < 1 for f in ed.last_run.denoised_fractions)  # the early steps ran on part of the grid only
+    for out in (*plain, *skipped):
+        assert left_half_identical(out, img)
+    assert not np.array_equal(np.asarray(plain[0]), np.asarray(plain[1]))  # two different variations

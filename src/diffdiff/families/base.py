@@ -282,9 +282,15 @@ class Adapter:
         hook = self.hook_for(work, capture, job)
         planned = self.planned_steps(job.request.num_inference_steps, job.request.strength)
         skip = self.skip_for(self.pipe, hook, planned, job, work.grid_width, work.width)
-        images = run_stage(self.pipe, dict(work.kwargs, output_type=job.output), hook, capture, skip, work.info)
+        callback, kwargs = self.stage_callback(hook, dict(work.kwargs, output_type=job.output), work, job, planned)
+        images = run_stage(self.pipe, kwargs, callback, capture, skip, work.info)
         self.record_start(work.info, hook, capture, self.pipe)
         return self.output(images, job, work), work.info
+
+    def stage_callback(self, hook: DifferentialStep, kwargs: dict[str, Any], work: Work, job: Job,
+                       planned: int) -> tuple[DifferentialStep, dict[str, Any]]:
+        """The step callback and call arguments of a one-call run (inpainting checkpoints wrap the hook)."""
+        return hook, kwargs
 
     @staticmethod
     def record_start(info: RunInfo, hook: DifferentialStep, capture: NoiseCapture, pipe: Any) -> None:
