@@ -143,9 +143,9 @@ def load_addons(
     specs = [str(c) for c in as_list(controlnet)]
     if specs:
         # Check the family first: no ControlNet weights are read for a model that cannot use them.
-        controlnet_family(pipe, specs[0])
+        family = controlnet_family(pipe, specs[0])[0]
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        nets = [load_controlnet(s, getattr(denoiser, "dtype", dtype)) for s in specs]
+        nets = [load_controlnet(s, getattr(denoiser, "dtype", dtype), family) for s in specs]
         pipe = controlnet_pipeline(pipe, nets, specs)
         addons.union = is_union(nets)
         addons.controlnets = [Path(s).name if Path(s).exists() else s for s in specs]

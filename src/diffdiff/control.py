@@ -1,14 +1,14 @@
 """Loading ControlNets and switching a model to its ControlNet img2img pipeline.
 
 Owns two things: :func:`load_controlnet` reads one ControlNet from a diffusers folder (its
-``config.json`` names the class: ``ControlNetModel`` or ``ControlNetUnionModel``), a single
+``config.json`` names the class: ``ControlNetModel``, ``ControlNetUnionModel``, ``FluxControlNetModel``), a single
 ``.safetensors`` file, or a hub id (the local cache first), with one-line errors; and
 :func:`controlnet_pipeline` builds diffusers' ControlNet img2img pipeline for the base model's family
 with ``from_pipe``, so it shares every base weight (and any LoRA already loaded), after checking
 that each ControlNet fits the model. Control images are :mod:`diffdiff.addon_inputs`'s.
 
 The change map acts exactly as without ControlNet: the hook blends the latents after each step; the
-ControlNet only adds residuals to the UNet's features.
+ControlNet only adds residuals to the UNet's (or Flux transformer's) features.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ CONTROLNET_PIPELINES: dict[str, tuple[str, str, Optional[str]]] = {
     "StableDiffusionImg2ImgPipeline": ("sd", "StableDiffusionControlNetImg2ImgPipeline", None),
     "StableDiffusionXLImg2ImgPipeline": ("sdxl", "StableDiffusionXLControlNetImg2ImgPipeline",
                                          "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+    "FluxImg2ImgPipeline": ("flux", "FluxControlNetImg2ImgPipeline", None),
 }
+
+#: The ControlNet model class a hub id is loaded as, per family (folders name their own class).
+HUB_CONTROLNET_CLASSES = {"sd": "ControlNetModel", "sdxl": "ControlNetModel", "flux": "FluxControlNetModel"}
 
 #: The ControlNet img2img pipelines, by class name -> the base family they drive.
 CONTROLNET_FAMILIES: dict[str, str] = {
@@ -53,10 +57,14 @@ def _controlnet_class(folder: Path) -> Any:
     return cls
 
 
-def load_controlnet(spec: str | os.PathLike[str], dtype: Any = None) -> Any:
-    """Load one ControlNet: diffusers folder, single ``.safetensors`` file or hub id (cache first)."""
+def load_controlnet(spec: str | os.PathLike[str], dtype: Any = None, family: str = "sd") -> Any:
+    """Load one ControlNet: diffusers folder, single ``.safetensors`` file or hub id (cache first).
+
+    ``family`` (``sd``, ``sdxl``, ``flux``) picks the class for files and hub ids.
+    """
     import diffusers
 
+    cls = getattr(diffusers, HUB_CONTROLNET_CLASSES.get(family, "ControlNetModel"))
     name = str(spec)
     path = Path(name).expanduser()
     try:
@@ -65,11 +73,10 @@ def load_controlnet(spec: str | os.PathLike[str], dtype: Any = None) -> Any:
         if path.is_file():
             if path.suffix not in (".safetensors", ".ckpt", ".pt", ".bin", ".pth"):
                 raise ModelLoadError(f"ControlNet '{name}' is a file but not a checkpoint (.safetensors, .ckpt, .pth)")
-            return diffusers.ControlNetModel.from_single_file(str(path), **_dtype_kwargs(dtype))
+            return cls.from_single_file(str(path), **_dtype_kwargs(dtype))
         if name.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt", ".pth"):
             raise ModelLoadError(f"ControlNet path '{name}' does not exist")
-        return _cache_then_hub(name, lambda **extra: diffusers.ControlNetModel.from_pretrained(
-            name, **_dtype_kwargs(dtype), **extra))
+        return _cache_then_hub(name, lambda **extra: cls.from_pretrained(name, **_dtype_kwargs(dtype), **extra))
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -80,10 +87,15 @@ def load_controlnet(spec: str | os.PathLike[str], dtype: Any = None) -> Any:
 def _fits(net: Any, pipe: Any, name: str) -> None:
     """Refuse a ControlNet built for another model shape, before any step runs."""
     unet = getattr(pipe, "unet", None)
-    if unet is None:
+    denoiser = unet if unet is not None else getattr(pipe, "transformer", None)
+    if denoiser is None:
         return
-    for key in ("cross_attention_dim", "block_out_channels", "addition_embed_type"):
-        want, have = getattr(unet.config, key, None), getattr(net.config, key, None)
+    keys = (("cross_attention_dim", "block_out_channels", "addition_embed_type") if unet is not None else
+            ("in_channels", "joint_attention_dim", "pooled_projection_dim", "attention_head_dim"))
+    if (unet is None) != ("Flux" in type(net).__name__):
+        raise DiffDiffError(f"ControlNet '{name}' is a {type(net).__name__}, not one for {type(pipe).__name__}")
+    for key in keys:
+        want, have = getattr(denoiser.config, key, None), getattr(net.config, key, None)
         if isinstance(want, list):
             want = tuple(want)
         if isinstance(have, list):
@@ -119,6 +131,8 @@ def controlnet_pipeline(pipe: Any, nets: list[Any], names: Optional[list[str]] =
         raise DiffDiffError(f"ControlNet Union '{names[0]}' works alone and with SDXL only (this model is {family})")
     cls = getattr(diffusers, union if is_union else plain)
     controlnet: Any = nets[0] if len(nets) == 1 else list(nets)
+    if family == "flux" and len(nets) > 1:
+        controlnet = diffusers.FluxMultiControlNetModel(list(nets))
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if denoiser is not None:
         controlnet = [n.to(denoiser.device) for n in controlnet] if isinstance(controlnet, list) else controlnet.to(denoiser.device)

@@ -111,7 +111,7 @@ class Editor:
         (default: the hub's 2.2 prior); ``stage_2`` / ``stage_3`` are DeepFloyd IF's
         super-resolution stages (optional).
         Add-ons (:mod:`diffdiff.addons`): ``controlnet`` one ControlNet or a list (folder, file or hub
-        id; SD and SDXL, ControlNet Union too); ``lora`` a list of ``"PATH_OR_ID[:SCALE]"`` (or
+        id; SD, SDXL and its ControlNet Union, Flux); ``lora`` a list of ``"PATH_OR_ID[:SCALE]"`` (or
         ``(path, scale)``); ``ip_adapter`` an IP-Adapter weights file (its ``image_encoder`` folder
         beside it) at ``ip_adapter_scale``. A 9-channel inpainting checkpoint is detected and driven
         through its mask input.

@@ -72,6 +72,22 @@ def build_tiny_controlnet(path: str | Path, base_model: str | Path, seed: int = 
     return Path(path)
 
 
+def build_tiny_flux_controlnet(path: str | Path, base_model: str | Path, seed: int = 0) -> Path:
+    """Save a tiny Flux ControlNet (one double and one single block) for ``base_model``'s transformer."""
+    import diffusers
+
+    transformer = diffusers.FluxTransformer2DModel.from_pretrained(Path(base_model) / "transformer")
+    torch.manual_seed(seed)
+    net = diffusers.FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=1, attention_head_dim=transformer.config.attention_head_dim,
+        num_attention_heads=transformer.config.num_attention_heads)
+    parts = [net.controlnet_x_embedder, *net.controlnet_blocks, *net.controlnet_single_blocks]
+    for i, part in enumerate(parts):  # zero-initialised by diffusers
+        _randomise(part, seed * 1000 + i, std=0.05)
+    net.save_pretrained(path)
+    return Path(path)
+
+
 def save_random_lora(base_model: str | Path, out_dir: str | Path, rank: int = 4, seed: int = 0,
                      text_encoder: bool = False) -> Path:
     """Save a random LoRA for the UNet (and optionally the text encoder) of ``base_model``.

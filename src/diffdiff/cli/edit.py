@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
-        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD and SDXL, ControlNet Union too). Repeat for several."),
+        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD, SDXL and its ControlNet Union, Flux). Repeat for several."),
         control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Control image (same aspect ratio as IMAGE); one, or one per --controlnet."),
         control_scale: Optional[list[float]] = typer.Option(None, "--control-scale", help="ControlNet conditioning scale [default: 1.0]; one, or one per --controlnet."),
         control_from: Optional[str] = typer.Option(None, "--control-from", help="Derive the control image from IMAGE instead: 'canny' (OpenCV Canny edges)."),

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..errors import DiffDiffError, UnsupportedModelError
 from .base import Adapter, Job, PartSpec, RunInfo, run_stage
-from .controlnet import StableDiffusionControlNetAdapter, StableDiffusionXLControlNetAdapter
+from .controlnet import FluxControlNetAdapter, StableDiffusionControlNetAdapter, StableDiffusionXLControlNetAdapter
 from .deepfloyd import DeepFloydIFAdapter
 from .flow import FluxAdapter, StableDiffusion3Adapter
 from .generic import GenericAdapter
@@ -32,7 +32,7 @@ __all__ = [
 ADAPTERS: list[type[Adapter]] = [
     StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, KandinskyAdapter,
     DeepFloydIFAdapter, StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter, StableDiffusionControlNetAdapter,
-    StableDiffusionXLControlNetAdapter,
+    StableDiffusionXLControlNetAdapter, FluxControlNetAdapter,
 ]
 
 
