@@ -28,6 +28,7 @@ from diffdiff.testing import build_tiny_flux, sample_image
 from diffdiff.testing_addons import (
     build_tiny_controlnet,
     build_tiny_flux_controlnet,
+    build_tiny_flux_fill,
     build_tiny_inpaint,
     build_tiny_ip_adapter,
     build_tiny_marigold,
@@ -160,6 +161,49 @@ def test_inpaint_checkpoint_full_change_is_the_plain_inpainting_pipeline(inpaint
     assert np.array_equal(ours, (plain * 255).round().astype(np.uint8))
 
 
+@pytest.fixture(scope="module")
+def flux_path(addon_dir: Path) -> Path:
+    return build_tiny_flux(addon_dir / "flux")
+
+
+@pytest.fixture(scope="module")
+def flux_fill_path(addon_dir: Path, flux_path: Path) -> Path:
+    return build_tiny_flux_fill(addon_dir / "flux-fill", flux_path)
+
+
+@pytest.mark.parametrize("strength, total", [(1.0, 8), (0.75, 6)])
+def test_flux_fill_mask_input_is_the_free_mask_at_every_call(flux_fill_path: Path, strength: float, total: int) -> None:
+    from diffusers import FluxFillPipeline
+
+    ed = Editor.from_pretrained(flux_fill_path, progress=False)
+    assert ed.family == "flux-fill"
+    seen: list[torch.Tensor] = []
+    inner = ed.pipe.transformer.forward
+
+    def record(*args: object, **kwargs: torch.Tensor) -> object:
+        seen.append(kwargs["hidden_states"][..., 128:].clone())  # 64 latents, 64 masked image, 256 mask
+        return inner(*args, **kwargs)
+
+    ed.pipe.transformer.forward = record
+    img = sample_image(64, 64, seed=3)
+    try:
+        out = ed.edit(img, band_map(), "a fox", num_inference_steps=8, strength=strength, seed=2)[0]
+    finally:
+        del ed.pipe.transformer.forward
+    assert len(seen) == total
+    for k, packed in enumerate(seen):
+        cells = FluxFillPipeline._unpack_latents(packed, 64, 64, 8)  # (B, 64 pixels of a cell, 8, 8)
+        assert all(torch.equal(c, expected_mask(k, total)) for c in cells[0]), f"model step {k}"
+    assert left_half_identical(out, img)
+    assert out.info["diffdiff"]["family"] == "flux-fill"
+    if strength == 1.0:  # an all-white map: exactly diffusers' Flux Fill with a white mask
+        white = Image.new("L", (64, 64), 255)
+        ours = ed.edit(img, white, "a fox", num_inference_steps=STEPS, seed=4)[0]
+        plain = ed.pipe(prompt="a fox", image=img, mask_image=white, height=64, width=64, strength=1.0,
+                        num_inference_steps=STEPS, generator=torch.Generator().manual_seed(4), output_type="np").images[0]
+        assert np.array_equal(np.asarray(ours), (plain * 255).round().astype(np.uint8))
+
+
 # ----------------------------------------------------------------------------------------- ControlNet
 def test_cli_controlnet_by_path(files: Path, tiny_sd_path: Path, controlnet_path: Path) -> None:
     code, output = edit_cli(files, tiny_sd_path, "plain.png")
@@ -243,8 +287,8 @@ def test_sdxl_controlnet_union_takes_a_control_mode(addon_dir: Path, tiny_sdxl_p
     assert depth.info["diffdiff"]["control_mode"] == 1 and seg.info["diffdiff"]["control_mode"] == 5
 
 
-def test_flux_controlnet_from_python(addon_dir: Path, controlnet_path: Path) -> None:
-    flux = build_tiny_flux(addon_dir / "flux")
+def test_flux_controlnet_from_python(addon_dir: Path, flux_path: Path, controlnet_path: Path) -> None:
+    flux = flux_path
     net = build_tiny_flux_controlnet(addon_dir / "flux-controlnet", flux)
     ed = Editor.from_pretrained(flux, controlnet=net, progress=False)
     assert ed.family == "flux-controlnet"

@@ -113,8 +113,8 @@ class Editor:
         Add-ons (:mod:`diffdiff.addons`): ``controlnet`` one ControlNet or a list (folder, file or hub
         id; SD, SDXL and its ControlNet Union, Flux); ``lora`` a list of ``"PATH_OR_ID[:SCALE]"`` (or
         ``(path, scale)``); ``ip_adapter`` an IP-Adapter weights file (its ``image_encoder`` folder
-        beside it) at ``ip_adapter_scale``. A 9-channel inpainting checkpoint is detected and driven
-        through its mask input.
+        beside it) at ``ip_adapter_scale``. Inpainting checkpoints (9-channel UNets, Flux Fill) are
+        detected and driven through their mask input.
         """
         wanted = {"refiner": refiner, "prior": prior, "stage_2": stage_2, "stage_3": stage_3}
         pipe, parts = load_family(str(model), {k: None if v is None else str(v) for k, v in wanted.items()},

@@ -1,4 +1,4 @@
-"""Inpainting checkpoints (9-channel UNets) driven by a graded change map, step by step.
+"""Inpainting checkpoints (9-channel UNets, Flux Fill) driven by a graded change map, step by step.
 
 An inpainting UNet is fed, at every step, the noisy latents plus a mask (1 = generate here) and the
 latents of the *masked image* (the original with the masked pixels blanked). Under Differential
@@ -163,3 +163,70 @@ class InpaintMasks:
         out["mask"] = mask
         out["masked_image_latents"] = masked_latents
         return out
+
+
+class FluxFillMasks(InpaintMasks):
+    """:class:`InpaintMasks` for Flux Fill, whose mask and masked image reach the transformer packed.
+
+    Flux Fill's step callback cannot replace its condition (the packed masked-image latents and the
+    8x8-per-cell mask, concatenated after the latents). So, while the pipeline runs (this object is
+    a context manager), the transformer's ``hidden_states`` get the current step's condition in
+    place of the one the pipeline built for the first step. Flux noises with ``scale_noise`` at every
+    strength, so the reference always comes from :class:`~diffdiff.hook.NoiseCapture`.
+    """
+
+    tensor_inputs: tuple[str, ...] = ("latents",)
+
+    def __init__(self, pipe: Any, hook: DifferentialStep, total: int, image: Image.Image, seed: int) -> None:
+        super().__init__(pipe, hook, total, image, seed)
+        self.pipe = pipe
+        self.condition: Optional[torch.Tensor] = None
+        self._saved: Any = None
+
+    def prepare(self, pipe: Any, kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
+        return dict(kwargs, mask_image=self.mask_image())
+
+    def __call__(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        before = len(self.hook.records)
+        if not self.masks:
+            self.masks.append(self.current)
+        out = self.hook(pipe, i, t, callback_kwargs)
+        if len(self.hook.records) == before:
+            return out
+        wanted = self.latent_mask(self.hook.records[-1].global_step)
+        self.masks.append(wanted)
+        if not torch.equal(wanted, self.current):
+            self.current = wanted
+            latents = callback_kwargs["latents"]
+            pixel = self.pixel_mask(wanted)
+            masked = self.init * (1 - pixel)  # the original outside the mask, as Flux Fill builds it
+            mask, masked_latents = pipe.prepare_mask_latents(
+                pixel, masked.to(device=latents.device, dtype=latents.dtype), int(latents.shape[0]),
+                int(pipe.vae.config.latent_channels), 1, self.height, self.width, latents.dtype, latents.device,
+                self.generator,
+            )
+            self.condition = torch.cat((masked_latents, mask), dim=-1)
+        return out
+
+    # the condition swap while the pipeline runs ----------------------------------------------------
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        states = kwargs.get("hidden_states")
+        if self.condition is not None and states is not None:
+            width = self.condition.shape[-1]
+            cond = self.condition.to(dtype=states.dtype, device=states.device)
+            kwargs["hidden_states"] = torch.cat((states[..., : states.shape[-1] - width], cond), dim=-1)
+        return self._inner(*args, **kwargs)
+
+    def __enter__(self) -> FluxFillMasks:
+        transformer = self.pipe.transformer
+        self._saved = transformer.__dict__.get("forward")
+        self._inner = transformer.forward
+        transformer.forward = self._forward
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        transformer = self.pipe.transformer
+        if self._saved is not None:
+            transformer.forward = self._saved
+        else:
+            transformer.__dict__.pop("forward", None)

@@ -49,6 +49,26 @@ def build_tiny_inpaint(path: str | Path, base: str = "sd", seed: int = 0, schedu
     return path
 
 
+def build_tiny_flux_fill(path: str | Path, base_model: str | Path, seed: int = 0) -> Path:
+    """Save a tiny Flux Fill pipeline built from the tiny Flux folder ``base_model``.
+
+    Its transformer reads the packed latents (64) + packed masked-image latents (64) + the packed
+    8x8-per-cell mask (256), as FLUX.1-Fill does, and predicts the 64 latent channels.
+    """
+    import diffusers
+
+    base = diffusers.FluxPipeline.from_pretrained(base_model)
+    latent = int(base.transformer.config.in_channels)
+    config = dict(base.transformer.config)
+    config.update(in_channels=2 * latent + 4 * base.vae_scale_factor**2, out_channels=latent)
+    torch.manual_seed(seed + 3)
+    transformer = diffusers.FluxTransformer2DModel.from_config(config).eval()
+    names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    parts = {k: base.components[k] for k in names}
+    diffusers.FluxFillPipeline(**parts, transformer=transformer).save_pretrained(path)
+    return Path(path)
+
+
 def build_tiny_controlnet(path: str | Path, base_model: str | Path, seed: int = 0, union: bool = False) -> Path:
     """Save a tiny ControlNet matching the UNet of the diffusers folder ``base_model`` to ``path``.
 

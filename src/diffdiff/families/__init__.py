@@ -17,7 +17,7 @@ from .controlnet import FluxControlNetAdapter, StableDiffusionControlNetAdapter,
 from .deepfloyd import DeepFloydIFAdapter
 from .flow import FluxAdapter, StableDiffusion3Adapter
 from .generic import GenericAdapter
-from .inpaint import StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter
+from .inpaint import FluxFillAdapter, StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter
 from .kandinsky import DEFAULT_KANDINSKY_PRIOR, KandinskyAdapter
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
 
@@ -32,7 +32,7 @@ __all__ = [
 ADAPTERS: list[type[Adapter]] = [
     StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, KandinskyAdapter,
     DeepFloydIFAdapter, StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter, StableDiffusionControlNetAdapter,
-    StableDiffusionXLControlNetAdapter, FluxControlNetAdapter,
+    StableDiffusionXLControlNetAdapter, FluxControlNetAdapter, FluxFillAdapter,
 ]
 
 

@@ -114,13 +114,16 @@ def run_stage(
     """Call ``pipe(**kwargs)`` once with the hooks installed; returns its ``images`` and updates ``info``.
 
     ``legacy_callback``: pipelines with only the old ``callback(i, t, x)`` (DeepFloyd IF) get the
-    hook through it, writing the blend back in place.
+    hook through it, writing the blend back in place. A hook that is also a context manager (Flux
+    Fill's mask feed) is entered for the call.
     """
     if legacy_callback:
         hooks: dict[str, Any] = {"callback": _legacy_callback(pipe, hook), "callback_steps": 1}
     else:
         hooks = {"callback_on_step_end": hook, "callback_on_step_end_tensor_inputs": list(hook.tensor_inputs)}
-    with torch.inference_mode(), capture, skip or contextlib.nullcontext(), finite_vae_decode(getattr(pipe, "vae", None)):
+    entered: Any = hook if hasattr(hook, "__enter__") else contextlib.nullcontext()
+    with torch.inference_mode(), capture, entered, skip or contextlib.nullcontext(), \
+            finite_vae_decode(getattr(pipe, "vae", None)):
         result = pipe(**kwargs, **hooks)
     info.pipeline_calls += 1
     info.records += hook.records

@@ -1,8 +1,9 @@
-"""SD and SDXL inpainting checkpoints (9-channel UNets): the mask input follows the change map per step.
+"""Inpainting checkpoints (SD/SDXL 9-channel UNets, Flux Fill): the mask input follows the change map per step.
 
-The family is SD's or SDXL's (same geometry, noising and step rule) run through diffusers'
-inpainting pipeline; :class:`diffdiff.inpaint.InpaintMasks` wraps the step hook and hands the
-model, before each step, the mask of the pixels free at that step and the original outside it.
+The family is SD's, SDXL's or Flux's (same geometry, noising and step rule) run through diffusers'
+inpainting pipeline; :class:`diffdiff.inpaint.InpaintMasks` (:class:`~diffdiff.inpaint.FluxFillMasks`)
+wraps the step hook and hands the model, before each step, the mask of the pixels free at that
+step and the original outside it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..hook import DifferentialStep
-from ..inpaint import InpaintMasks, is_inpaint_checkpoint
+from ..inpaint import FluxFillMasks, InpaintMasks, is_inpaint_checkpoint
 from .base import Job, PartSpec, Work
+from .flow import FluxAdapter
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
 
 
@@ -23,6 +25,7 @@ class InpaintMasksMixin:
     extra_parts: ClassVar[dict[str, PartSpec]] = {}
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
     pipe: Any
+    masks_class: ClassVar[type[InpaintMasks]] = InpaintMasks
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
@@ -31,7 +34,7 @@ class InpaintMasksMixin:
     def stage_callback(self, hook: DifferentialStep, kwargs: dict[str, Any], work: Work, job: Job,
                        planned: int) -> tuple[Any, dict[str, Any]]:
         request = job.request
-        masks = InpaintMasks(self.pipe, hook, planned, work.image, int(request.seed))  # type: ignore[arg-type]
+        masks = self.masks_class(self.pipe, hook, planned, work.image, int(request.seed))  # type: ignore[arg-type]
         prompts = len(request.prompt) if isinstance(request.prompt, list) else 1
         return masks, masks.prepare(self.pipe, kwargs, prompts * request.num_images)
 
@@ -46,3 +49,14 @@ class StableDiffusionXLInpaintAdapter(InpaintMasksMixin, StableDiffusionXLAdapte
     name = "sdxl-inpaint"
     pipeline_classes = ("StableDiffusionXLInpaintPipeline",)
     load_as_classes: ClassVar[dict[str, str]] = {"StableDiffusionXLInpaintPipeline": "StableDiffusionXLInpaintPipeline"}
+
+
+class FluxFillAdapter(InpaintMasksMixin, FluxAdapter):
+    name = "flux-fill"
+    pipeline_classes = ("FluxFillPipeline",)
+    load_as_classes: ClassVar[dict[str, str]] = {"FluxFillPipeline": "FluxFillPipeline"}
+    masks_class = FluxFillMasks
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return type(pipe).__name__ in cls.pipeline_classes
