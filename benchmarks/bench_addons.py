@@ -4,7 +4,7 @@
     python benchmarks/bench_addons.py --quick     # 128², 4 steps, 5 pairs
     python benchmarks/bench_addons.py --no-write  # print only
 
-For each add-on (a 9-channel inpainting checkpoint, a ControlNet, a LoRA at 0.8, an IP-Adapter) the
+For each add-on (a 9-channel inpainting checkpoint, Flux Fill, a ControlNet, a LoRA at 0.8, an IP-Adapter) the
 edit with an all-white map at strength 1 is timed side by side with the same pipeline called
 directly (same weights, seed, steps, size and add-on inputs), and the denoiser / ControlNet / VAE
 calls of both are counted with forward hooks: at full change the edit must make exactly the
@@ -57,9 +57,10 @@ def cases(root: Path, size: int) -> list[tuple[str, Any, dict[str, Any], dict[st
     from PIL import Image
 
     from diffdiff import Editor
-    from diffdiff.testing import build_tiny_sd, sample_image
+    from diffdiff.testing import build_tiny_flux, build_tiny_sd, sample_image
     from diffdiff.testing_addons import (
         build_tiny_controlnet,
+        build_tiny_flux_fill,
         build_tiny_inpaint,
         build_tiny_ip_adapter,
         save_random_lora,
@@ -71,6 +72,8 @@ def cases(root: Path, size: int) -> list[tuple[str, Any, dict[str, Any], dict[st
     out = []
     inpaint = Editor.from_pretrained(build_tiny_inpaint(root / "inpaint", base_model=sd), progress=False)
     out.append(("inpainting checkpoint (9-ch UNet)", inpaint, {}, {"mask_image": white}))
+    fill = Editor.from_pretrained(build_tiny_flux_fill(root / "fill", build_tiny_flux(root / "flux")), progress=False)
+    out.append(("Flux Fill", fill, {}, {"mask_image": white}))
     cn = Editor.from_pretrained(sd, controlnet=build_tiny_controlnet(root / "cn", sd), progress=False)
     out.append(("ControlNet", cn, {"control_image": control, "controlnet_conditioning_scale": 0.7},
                 {"control_image": control, "controlnet_conditioning_scale": 0.7}))
@@ -106,7 +109,8 @@ def bench(size: int, steps: int, reps: int) -> list[str]:
             equal = np.array_equal(np.asarray(edit()[0]), np.asarray(plain()[0]))
             t_edit, t_plain, ratio = side_by_side(edit, plain, reps)
             note = ("same model calls" if same else "MODEL CALLS DIFFER") + ("; identical image" if equal else "")
-            row = (f"| edit / pipeline with the add-on | {name}, sd {size}², {steps} steps, all-white map ({note}) "
+            family = "flux" if "Flux" in name else "sd"
+            row = (f"| edit / pipeline with the add-on | {name}, {family} {size}², {steps} steps, all-white map ({note}) "
                    f"| {secs(t_edit)} | {secs(t_plain)} | {ratio:.3f} | <= 1.02 |")
             print(row, flush=True)
             rows.append(row)
