@@ -433,11 +433,26 @@ def bad_inputs(files: Path, addon_dir: Path, tiny_sdxl_path: Path, inpaint_path:
         "ip-image": (None, ["--ip-adapter", str(ip_weights),
                             "--ip-adapter-image", str(files / "broken.png")], "broken.png"),
         "control-without-net": (None, ["--control-image", str(files / "control.png")], "--controlnet"),
+        "control-twice": (None, ["--controlnet", str(controlnet_path), "--control-image", str(files / "control.png"),
+                                 "--control-from", "canny"], "either"),
+        "control-from-unknown": (None, ["--controlnet", str(controlnet_path), "--control-from", "sobel"], "sobel"),
+        "control-mode-no-union": (None, ["--controlnet", str(controlnet_path), "--control-from", "canny",
+                                         "--control-mode", "depth"], "ControlNet Union"),
+        "control-scales": (None, ["--controlnet", str(controlnet_path), "--control-from", "canny",
+                                  "--control-scale", "1", "--control-scale", "2"], "2 control scales for 1"),
+        "ip-without-adapter": (None, ["--ip-adapter-image", str(files / "ref.png")], "--ip-adapter"),
+        "ip-missing": (None, ["--ip-adapter", str(addon_dir / "no-ip.safetensors"), "--ip-adapter-image",
+                              str(files / "ref.png")], "no-ip.safetensors"),
+        "ip-without-image": (None, ["--ip-adapter", str(ip_weights)], "--ip-adapter-image"),
+        "controlnet-without-image": (None, ["--controlnet", str(controlnet_path)], "--control-image"),
+        "controlnet-missing": (None, ["--controlnet", str(addon_dir / "no-cn"), "--control-from", "canny"], "no-cn"),
     }
 
 
 @pytest.mark.parametrize("case", ["family", "aspect", "lora-shape", "lora-junk", "lora-missing", "ip-image",
-                                  "control-without-net"])
+                                  "control-without-net", "control-twice", "control-from-unknown",
+                                  "control-mode-no-union", "control-scales", "ip-without-adapter", "ip-missing",
+                                  "ip-without-image", "controlnet-missing", "controlnet-without-image"])
 def test_cli_bad_addon_input_is_one_line_and_writes_nothing(case: str, bad_inputs: dict, files: Path,
                                                              tiny_sd_path: Path) -> None:
     model, args, message = bad_inputs[case]

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             )
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model
-            _check_addon_files(img.size, controlnet, control_image, ip_adapter, ip_adapter_image)
+            _check_addon_files(img.size, controlnet, control_image or control_from, ip_adapter, ip_adapter_image)
             addon_kw = addon_load_kw(controlnet, lora, ip_adapter, ip_adapter_scale)
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3),
                              **addon_kw)
@@ -113,18 +113,22 @@ def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[s
 def _check_addon_files(
     size: tuple[int, int],
     controlnet: Optional[list[str]],
-    control_image: Optional[list[Path]],
+    control: Any,
     ip_adapter: Optional[str],
     ip_adapter_image: Optional[Path],
 ) -> None:
-    """Check the add-on input files before any model is loaded."""
+    """Check the add-on inputs and files before any model is loaded (``control``: the images or 'canny')."""
     from ..addon_inputs import check_control_shape, label
     from ..errors import DiffDiffError
     from ..io import open_image
 
-    if control_image and not controlnet:
-        raise DiffDiffError("--control-image needs a ControlNet: add --controlnet PATH")
-    for path in control_image or []:
+    if control and not controlnet:
+        raise DiffDiffError("--control-image / --control-from need a ControlNet: add --controlnet PATH")
+    if controlnet and not control:
+        raise DiffDiffError("--controlnet needs a control image: add --control-image FILE or --control-from canny")
+    if ip_adapter and ip_adapter_image is None:
+        raise DiffDiffError("--ip-adapter needs a reference image: add --ip-adapter-image FILE")
+    for path in control if isinstance(control, list) else []:
         check_control_shape(open_image(path, "control image"), size, label(path))
     if ip_adapter_image is not None:
         if not ip_adapter:
