@@ -1,7 +1,7 @@
 """Model families: one small adapter per family, and the registry that picks one for a pipeline.
 
 Each family is a file in this package (``sd``, ``flow``, ``kandinsky``, ``deepfloyd``,
-``generic``) holding an :class:`~diffdiff.families.base.Adapter` subclass. The registry tries
+``generic``; video-to-video: ``wan``, on the shared ``video`` base) holding an :class:`~diffdiff.families.base.Adapter` subclass. The registry tries
 the registered families in order and falls back to :class:`GenericAdapter`, which drives any
 img2img pipeline exposing ``latents`` to its step callback. :func:`register_adapter` adds a
 family diffdiff does not ship (place it first so it wins over the generic fallback).
@@ -18,19 +18,22 @@ from .flow import FluxAdapter, StableDiffusion3Adapter
 from .generic import GenericAdapter
 from .kandinsky import DEFAULT_KANDINSKY_PRIOR, KandinskyAdapter
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
+from .video import VIDEO_FAMILIES, RefusedVideoAdapter, VideoAdapter
+from .wan import WanAdapter
 
 __all__ = [
     "ADAPTERS", "DEFAULT_KANDINSKY_PRIOR", "Adapter", "DeepFloydIFAdapter", "FluxAdapter", "GenericAdapter", "Job",
     "KandinskyAdapter", "PartSpec", "RunInfo", "StableDiffusion3Adapter", "StableDiffusionAdapter",
-    "StableDiffusionXLAdapter", "adapter_class", "adapter_for", "check_parts", "load_as_class", "register_adapter",
+    "StableDiffusionXLAdapter", "VideoAdapter", "WanAdapter", "adapter_class", "adapter_for", "check_parts", "load_as_class", "register_adapter",
     "run_stage", "supported_families",
 ]
 
 #: Families tried in order; the generic adapter comes last.
 ADAPTERS: list[type[Adapter]] = [
     StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, KandinskyAdapter,
-    DeepFloydIFAdapter,
+    DeepFloydIFAdapter, WanAdapter, RefusedVideoAdapter,
 ]
+VIDEO_FAMILIES.extend([WanAdapter])
 
 
 def register_adapter(adapter: type[Adapter], first: bool = True) -> None:
@@ -44,7 +47,7 @@ def register_adapter(adapter: type[Adapter], first: bool = True) -> None:
 
 
 def supported_families() -> list[str]:
-    return [a.name for a in ADAPTERS] + [GenericAdapter.name]
+    return [a.name for a in ADAPTERS if a is not RefusedVideoAdapter] + [GenericAdapter.name]
 
 
 def _part_option(name: str) -> str:
