@@ -89,7 +89,7 @@ def read_video(path: str | os.PathLike[str], what: str = "video",
         files = frame_files(p)
         if not files:
             raise DiffDiffError(f"{what} folder '{p}' holds no image frames ({', '.join(FRAME_SUFFIXES)})")
-        check_frame_limit(len(files), max_frames, what)
+        check_frame_limit(len(files), max_frames, f"{what} '{p}'")
         frames = [_rgb(open_image(f, f"{what} frame")) for f in files]
         fps = DEFAULT_FPS
     else:
@@ -109,7 +109,7 @@ def _read_clip(p: Path, what: str, max_frames: Optional[int]) -> tuple[list[Imag
     try:
         for arr in iio.imiter(p, plugin=plugin):
             frames.append(_rgb(Image.fromarray(np.asarray(arr))))
-            check_frame_limit(len(frames), max_frames, what)
+            check_frame_limit(len(frames), max_frames, f"{what} '{p}'")
         meta = iio.immeta(p, plugin=plugin) if plugin == "FFMPEG" else iio.immeta(p, index=0, plugin=plugin)
     except DiffDiffError:
         raise
@@ -170,9 +170,9 @@ def parse_ramp(text: str) -> tuple[float, float]:
         if len(parts) != 2:
             raise ValueError
         start, end = float(parts[0]), float(parts[1])
-    except ValueError:
+        check_ramp((start, end))
+    except (ValueError, DiffDiffError):
         raise DiffDiffError(f"--map-ramp must be START:END with numbers in [0, 1] (e.g. 0:1), got {text!r}") from None
-    check_ramp((start, end))
     return start, end
 
 
@@ -372,6 +372,7 @@ def write_video(frames: Sequence[Image.Image], path: str | os.PathLike[str], fps
         else:
             extra = {"lossless": True} if ext == ".webp" else {}
             iio.imwrite(tmp, arrays, extension=ext, plugin="pillow", duration=int(round(1000 / fps)), loop=0, **extra)
+        _readable(tmp)
         os.replace(tmp, p)
     except BaseException as exc:
         _unlink(tmp)
@@ -390,6 +391,7 @@ def _write_frame_folder(frames: Sequence[Image.Image], p: Path, metadata: Option
         for i, frame in enumerate(frames):
             meta = dict(metadata, frame=i) if metadata is not None else None
             _rgb(frame).save(tmp / f"frame-{i:05d}.png", format="PNG", pnginfo=pnginfo_for(meta) if meta else None)
+        _readable(tmp, 0o777)
         if p.exists():
             p.rmdir()  # empty (checked); os.replace onto a directory needs it gone on some systems
         os.replace(tmp, p)
@@ -406,11 +408,19 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
             json.dump(dict(data), f, indent=2, sort_keys=True, default=str)
             f.flush()
             os.fsync(f.fileno())
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
         raise
     return path
+
+
+def _readable(path: str | os.PathLike[str], mode: int = 0o666) -> None:
+    """Give a temporary file (created 0600) the permissions an ordinary new file gets (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def _unlink(path: str | os.PathLike[str]) -> None:
