@@ -3,8 +3,10 @@
 A :class:`VideoAdapter` runs a diffusers video-to-video pipeline (one with ``strength``) through
 :func:`~diffdiff.families.base.run_stage`, so the Differential Diffusion hook is the images' own:
 the map simply lives on a 5-D grid (1, 1, latent frames, h, w) that broadcasts against the
-latents (B, C, latent frames, h, w). Families whose latents put frames before channels
-(CogVideoX) declare it with ``frames_first`` and the hook permutes around the blend.
+latents (B, C, latent frames, h, w). Two layout facts vary by family: whether the pipeline noises
+its reference with frames before channels (CogVideoX and AnimateDiff noise (B, F, C, h, w); the
+map is then (1, F, 1, h, w)), and whether its denoising loop holds the latents transposed from
+that (AnimateDiff loops on (B, C, F, h, w)); the hook transposes around the blend.
 
 The clip is padded (last frame repeated) to a frame count the VAE packs into whole latent
 frames, and the output trimmed back. Each latent frame's map is the maximum of the per-frame maps
@@ -55,7 +57,7 @@ class VideoWork:
     width: int
     height: int
     groups: list[tuple[int, int]]  # frames each latent frame covers
-    change: torch.Tensor  # (1, 1, latent frames, h, w)
+    change: torch.Tensor  # (1, 1, latent frames, h, w), or (1, latent frames, 1, h, w) for frames-first references
     kwargs: dict[str, Any]
     info: RunInfo
 
@@ -67,8 +69,10 @@ class VideoAdapter(Adapter):
     temporal: ClassVar[int] = 4
     #: the VAE keeps the first frame as a latent frame of its own (causal video VAEs)
     first_frame_alone: ClassVar[bool] = True
-    #: latents are (B, F, C, h, w) rather than (B, C, F, h, w)
-    frames_first: ClassVar[bool] = False
+    #: the pipeline noises its reference as (B, F, C, h, w) rather than (B, C, F, h, w)
+    reference_frames_first: ClassVar[bool] = False
+    #: the denoising loop's latents are the reference's layout with axes 1 and 2 swapped
+    loop_transposed: ClassVar[bool] = False
     pass_size = True
 
     def __init__(self, pipe: Any, **parts: Any) -> None:
@@ -77,6 +81,15 @@ class VideoAdapter(Adapter):
             self.noise_method = "scale_noise"  # type: ignore[misc]  # flow matching (Wan with FlowMatchEuler)
 
     # geometry ------------------------------------------------------------------------------------
+    def vae_scale(self) -> int:
+        return int(getattr(self.pipe, "vae_scale_factor_spatial", None) or getattr(self.pipe, "vae_scale_factor", 8))
+
+    def pixel_multiple(self) -> int:
+        """The VAE's spatial factor times the transformer's patch (UNet families: the VAE's alone)."""
+        config = getattr(getattr(self.pipe, "transformer", None), "config", None)
+        patch = getattr(config, "patch_size", 1) if config is not None else 1
+        return self.vae_scale() * int(patch[-1] if isinstance(patch, (tuple, list)) else patch or 1)
+
     def temporal_factor(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor_temporal", self.temporal) or self.temporal)
 
@@ -88,10 +101,15 @@ class VideoAdapter(Adapter):
         return latent_frame_groups(count, self.temporal_factor(), self.first_frame_alone)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        return latents.transpose(1, 2) if self.frames_first else latents
+        """Loop latents -> the reference's layout (the grid the map lives on)."""
+        return latents.transpose(1, 2) if self.loop_transposed else latents
 
     def pack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        return latents.transpose(1, 2) if self.frames_first else latents
+        return latents.transpose(1, 2) if self.loop_transposed else latents
+
+    def map_on_grid(self, latent_map: torch.Tensor) -> torch.Tensor:
+        """A (1, 1, F_lat, h, w) map in the reference's layout."""
+        return latent_map.transpose(1, 2) if self.reference_frames_first else latent_map
 
     # running -------------------------------------------------------------------------------------
     def run(self, job: Job) -> tuple[Any, RunInfo]:
@@ -119,7 +137,7 @@ class VideoAdapter(Adapter):
         frames, change = pad_frames(frames, job.change, self.run_frames(count))
         groups = self.latent_groups(len(frames))
         lh, lw = self.latent_hw(ww, wh)
-        latent_map = to_latent_video_map(change, groups, lh, lw)
+        latent_map = self.map_on_grid(to_latent_video_map(change, groups, lh, lw))
         if self.is_few_step():
             latent_map = round_to_levels(latent_map, self.planned_steps(request.num_inference_steps, request.strength))
         generator = torch.Generator().manual_seed(int(request.seed))  # type: ignore[arg-type]
@@ -132,7 +150,7 @@ class VideoAdapter(Adapter):
                                 pack=lambda x: self.pack(x, work.width, work.height))
 
     def run_video(self, job: VideoJob) -> tuple[Any, RunInfo, VideoWork]:
-        """One clip edit: uint8 frames (F, H, W, 3) at the work size or latents (B, C, F_lat, h, w)."""
+        """One clip edit: uint8 frames (F, H, W, 3) at the work size, or the pipeline's own latent output."""
         if job.request.skip_frozen or job.request.crop:
             raise DiffDiffError("skip_frozen and crop are for images; video edits run on the whole clip")
         work = self.prepare_video(job)
@@ -141,7 +159,7 @@ class VideoAdapter(Adapter):
         out = run_stage(self.pipe, dict(work.kwargs, output_type=job.output), hook, capture, None, work.info)
         self.record_start(work.info, hook, capture, self.pipe)
         if job.request.output_type == "latent":
-            return self.unpack(out, work.width, work.height), work.info, work
+            return out, work.info, work
         return self.video_frames(out)[: work.count], work.info, work
 
     def video_frames(self, out: Any) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 Wan's VAE keeps the first frame and packs every further 4 frames into one latent frame
 (``vae_scale_factor_temporal``), and downsamples space by 8; the transformer patches 2x2, so
-frame sizes are multiples of 16. Latents are (B, 16, latent frames, h, w). The pipeline noises
-with ``add_noise`` (UniPC, its default) or ``scale_noise`` (flow-matching Euler) and truncates
-steps with diffusers' integer rule. Text-to-video Wan models (``WanPipeline``) load as the
-video-to-video pipeline, sharing their weights.
+frame sizes are multiples of 16. Latents are (B, 16, latent frames, h, w) in the loop and in the
+noised reference. The pipeline noises with ``add_noise`` (UniPC, its default) or ``scale_noise``
+(flow-matching Euler) and truncates steps with diffusers' integer rule. Text-to-video Wan models
+(``WanPipeline``) load as the video-to-video pipeline, sharing their weights.
 """
 
 from __future__ import annotations
@@ -17,11 +17,3 @@ class WanAdapter(VideoAdapter):
     name = "wan"
     pipeline_classes = ("WanVideoToVideoPipeline",)
     load_as_classes = {"WanPipeline": "WanVideoToVideoPipeline", "WanVideoToVideoPipeline": "WanVideoToVideoPipeline"}
-
-    def vae_scale(self) -> int:
-        return int(getattr(self.pipe, "vae_scale_factor_spatial", 8))
-
-    def pixel_multiple(self) -> int:
-        patch = getattr(getattr(self.pipe, "transformer", None), "config", None)
-        p = int(patch.patch_size[-1]) if patch is not None else 2
-        return self.vae_scale() * p
