@@ -1,10 +1,11 @@
-"""Video: per-frame change maps on a tiny offline Wan 2.x video-to-video pipeline.
+"""Video: per-frame change maps on tiny offline Wan 2.x, CogVideoX and AnimateDiff video-to-video pipelines.
 
-Checked against code we did not write: a full-change map reproduces diffusers' own
-``WanVideoToVideoPipeline`` call (same seed) exactly, for both of Wan's schedulers; the temporal
-rule (maximum over the frames a latent frame packs) against a hand computation and against the
-hook's recorded free fractions; keep pixels byte-identical in every frame; the CLI's formats and
-bad-input lines.
+Checked against code we did not write: a full-change map reproduces each diffusers pipeline's own
+video-to-video call (same seed) exactly; the model's input at every step holds, where the map
+keeps, the pipeline's own reference noised by the scheduler's own ``add_noise`` (so the 5-D
+blend acts on the right axis in every layout); the temporal rule (maximum over the frames a
+latent frame packs) against a hand computation and against the hook's recorded free fractions;
+keep pixels byte-identical in every frame; the CLI's formats and bad-input lines.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from diffdiff.cli import app
 from diffdiff.errors import DiffDiffError, UnsupportedModelError
 from diffdiff.families import adapter_for
 from diffdiff.io import read_metadata
-from diffdiff.testing_video import build_tiny_wan, half_map, sample_clip, wan_scheduler
+from diffdiff.testing_video import (
+    build_tiny_animatediff,
+    build_tiny_cogvideox,
+    build_tiny_wan,
+    half_map,
+    sample_clip,
+    wan_scheduler,
+)
 from diffdiff.video import (
     latent_frame_groups,
     load_video_maps,
@@ -42,14 +50,29 @@ PROMPT = "a red car"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def wan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_wan(tmp_path_factory.mktemp("video") / "tiny-wan")
+BUILDERS = {"wan": build_tiny_wan, "cogvideox": build_tiny_cogvideox, "animatediff": build_tiny_animatediff}
+FAMILIES = list(BUILDERS)
 
 
 @pytest.fixture(scope="module")
-def wan(wan_path: Path) -> Editor:
-    return Editor.from_pretrained(wan_path, progress=False)
+def video_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("video")
+    return {name: build(root / f"tiny-{name}") for name, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def editors(video_models: dict[str, Path]) -> dict[str, Editor]:
+    return {name: Editor.from_pretrained(path, progress=False) for name, path in video_models.items()}
+
+
+@pytest.fixture(scope="module")
+def wan_path(video_models: dict[str, Path]) -> Path:
+    return video_models["wan"]
+
+
+@pytest.fixture(scope="module")
+def wan(editors: dict[str, Editor]) -> Editor:
+    return editors["wan"]
 
 
 @pytest.fixture(scope="module")
@@ -97,43 +120,86 @@ def test_ramp_grows_linearly_and_scales_the_map() -> None:
             parse_ramp(bad)
 
 
-# -------------------------------------------------------------------------------- the Wan family
-@pytest.mark.parametrize("scheduler", ["unipc", "flow"])
-@pytest.mark.parametrize("strength", [1.0, 0.6])
-def test_full_change_map_is_the_pipelines_own_video_to_video(wan: Editor, wan_path: Path, clip: list[Image.Image],
-                                                             scheduler: str, strength: float) -> None:
-    from diffusers import WanVideoToVideoPipeline
+# -------------------------------------------------------------------------------- the families
+def _pipeline_class(family: str) -> type:
+    import diffusers
 
-    pipe = WanVideoToVideoPipeline.from_pretrained(wan_path, scheduler=wan_scheduler(scheduler))
+    return getattr(diffusers, {"wan": "WanVideoToVideoPipeline", "cogvideox": "CogVideoXVideoToVideoPipeline",
+                               "animatediff": "AnimateDiffVideoToVideoPipeline"}[family])
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "wan-flow"])
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_full_change_map_is_the_pipelines_own_video_to_video(video_models: dict[str, Path], clip: list[Image.Image],
+                                                             family: str, strength: float) -> None:
+    name = family.split("-")[0]
+    extra = {"scheduler": wan_scheduler("flow")} if family == "wan-flow" else {}
+    pipe = _pipeline_class(name).from_pretrained(video_models[name], **extra)
     pipe.set_progress_bar_config(disable=True)
     ed = Editor(pipe, progress=False)
+    assert ed.family == name
     ours = ed.edit_video(clip, Image.new("L", (W, H), 255), PROMPT, num_inference_steps=5, strength=strength,
                          seed=7, output_type="latent")
-    theirs = pipe(video=clip, prompt=PROMPT, num_inference_steps=5, strength=strength, height=H, width=W,
-                  generator=torch.Generator().manual_seed(7), output_type="latent").frames
-    assert ours.shape == theirs.shape == (1, 16, 2, H // 8, W // 8)
+    theirs = pipe(video=clip if name != "cogvideox" else clip + clip[-1:] * 4, prompt=PROMPT, num_inference_steps=5,
+                  strength=strength, height=H, width=W, generator=torch.Generator().manual_seed(7),
+                  output_type="latent").frames
+    assert ours.shape == theirs.shape
     assert torch.equal(ours, theirs)
     assert ed.last_run.pipeline_calls == 1
     assert ed.last_run.total_steps == int(5 * strength)
 
 
-def test_black_pixels_identical_in_every_frame_and_the_right_half_changes(wan: Editor, clip: list[Image.Image]) -> None:
-    out = wan.edit_video(clip, half_map(W, H), PROMPT, num_inference_steps=3, seed=1)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kept_latent_frames_enter_the_model_as_the_pipelines_reference_noised(editors: dict[str, Editor],
+                                                                              clip: list[Image.Image],
+                                                                              family: str) -> None:
+    # Frame 0 (latent frame 0 in every family) is kept, the rest may change. After every step the
+    # model's input must hold, in latent frame 0, the reference the pipeline encoded and noised,
+    # re-noised by the scheduler's own add_noise to that step's timestep; elsewhere the model's own.
+    ed = editors[family]
+    model = getattr(ed.pipe, "transformer", None) or ed.pipe.unet
+    inputs: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: inputs.append((kwargs.get("hidden_states", args[0] if args else None)).clone()),
+        with_kwargs=True)
+    try:
+        maps = [Image.new("L", (W, H), 0 if k == 0 else 255) for k in range(5)]
+        ed.edit_video(clip, maps, PROMPT, num_inference_steps=4, guidance_scale=1.0, seed=5)
+    finally:
+        hook.remove()
+    ref = ed.last_run.reference
+    assert ref is not None and len(inputs) == 4
+    sched = ed.pipe.scheduler
+    frames_axis = 1 if family == "cogvideox" else 2  # the model's input layout: (B, F, C, ..) or (B, C, F, ..)
+    ref_axis = 2 if family == "wan" else 1  # the reference's layout
+    for step, (x, t) in enumerate(zip(inputs[1:], sched.timesteps[1:]), start=1):
+        want = sched.add_noise(ref.clean, ref.noise, t.reshape(1)).select(ref_axis, 0)
+        assert torch.equal(x.select(frames_axis, 0), want), f"step {step}: kept latent frame is not the reference"
+        assert not torch.equal(x.select(frames_axis, 1), sched.add_noise(ref.clean, ref.noise, t.reshape(1)).select(ref_axis, 1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_black_pixels_identical_in_every_frame_and_the_right_half_changes(editors: dict[str, Editor],
+                                                                          clip: list[Image.Image], family: str) -> None:
+    out = editors[family].edit_video(clip, half_map(W, H), PROMPT, num_inference_steps=3, seed=1)
     assert len(out) == 5 and all(f.size == (W, H) and f.mode == "RGB" for f in out)
     for got, src in zip(_arrays(out), _arrays(clip)):
         assert np.array_equal(got[:, : W // 2], src[:, : W // 2])
         assert np.abs(got[:, W // 2:].astype(int) - src[:, W // 2:]).mean() > 5
     meta = out[3].info["diffdiff"]
-    assert meta["frame"] == 3 and meta["family"] == "wan" and meta["seed"] == 1 and meta["latent_frames"] == 2
+    assert meta["frame"] == 3 and meta["family"] == family and meta["seed"] == 1
+    assert meta["latent_frames"] == {"wan": 2, "cogvideox": 3, "animatediff": 5}[family]
 
 
-def test_a_frame_alone_in_the_map_frees_its_whole_latent_frame(wan: Editor, clip: list[Image.Image]) -> None:
-    # Only frame 3 may change. It shares latent frame 1 with frames 1, 2 and 4, which the maximum
-    # frees; latent frame 0 (frame 0 alone) stays kept. A mean would give latent frame 1 a value of
-    # 0.25, which 3 steps never free before the last step.
+@pytest.mark.parametrize(("family", "free"), [("wan", 1 / 2), ("cogvideox", 1 / 3), ("animatediff", 1 / 5)])
+def test_a_frame_alone_in_the_map_frees_its_whole_latent_frame(editors: dict[str, Editor], clip: list[Image.Image],
+                                                               family: str, free: float) -> None:
+    # Only frame 3 may change. In Wan and CogVideoX it shares latent frame 1 with frames 1, 2 and 4,
+    # which the maximum frees (a mean would give 0.25, which 3 steps never free before the last
+    # step); AnimateDiff has no temporal packing, so only frame 3's latent frame is free.
     maps = [Image.new("L", (W, H), 255 if k == 3 else 0) for k in range(5)]
-    out = wan.edit_video(clip, maps, PROMPT, num_inference_steps=3, seed=1)
-    assert [r.free_fraction for r in wan.last_run.records] == [0.5, 0.5]
+    out = editors[family].edit_video(clip, maps, PROMPT, num_inference_steps=3, seed=1)
+    assert [r.free_fraction for r in editors[family].last_run.records] == pytest.approx([free, free], abs=1e-7)
     for k, (got, src) in enumerate(zip(_arrays(out), _arrays(clip))):
         if k == 3:
             assert np.abs(got.astype(int) - src).mean() > 5
