@@ -341,3 +341,26 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(wan_path: Path, files: Pat
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.output
     assert set(files.iterdir()) == before
+
+
+@pytest.mark.parametrize(("family", "t2v"), [("wan", "WanPipeline"), ("cogvideox", "CogVideoXPipeline"),
+                                            ("animatediff", "AnimateDiffPipeline")])
+def test_text_to_video_checkpoints_load_as_video_to_video(editors: dict[str, Editor], tmp_path: Path,
+                                                          clip: list[Image.Image], family: str, t2v: str) -> None:
+    import diffusers
+
+    getattr(diffusers, t2v)(**editors[family].pipe.components).save_pretrained(tmp_path / "t2v")
+    assert json.loads((tmp_path / "t2v" / "model_index.json").read_text())["_class_name"] == t2v
+    ed = Editor.from_pretrained(tmp_path / "t2v", progress=False)
+    assert ed.family == family
+    out = ed.edit_video(clip, half_map(W, H), PROMPT, num_inference_steps=2, seed=1)
+    assert len(out) == 5
+
+
+def test_cogvideox_15_temporal_patches_are_refused_in_one_line(video_models: dict[str, Path]) -> None:
+    from diffusers import CogVideoXVideoToVideoPipeline
+
+    pipe = CogVideoXVideoToVideoPipeline.from_pretrained(video_models["cogvideox"])
+    pipe.transformer.register_to_config(patch_size_t=2)
+    with pytest.raises(DiffDiffError, match=r"^CogVideoX 1\.5 \(temporal patches, patch_size_t\) has no video-to-video"):
+        Editor(pipe, progress=False)
