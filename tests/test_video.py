@@ -305,6 +305,25 @@ def test_cli_gif_to_mp4_with_sidecar_and_folder_to_png_frames(wan_path: Path, fi
         md = read_metadata(p)
         assert md["frame"] == k and md["map_ramp"] == [0.5, 1.0] and md["prompt"] == PROMPT
 
+    # A map video of the same length: only frame 3 may change; every other frame comes back exact.
+    # (The GIF encoder stores the three identical black frames as one of triple duration.)
+    only3 = [Image.new("RGB", (W, H), (255, 255, 255) if k == 3 else (0, 0, 0)) for k in range(5)]
+    r = runner.invoke(app, ["edit-video", str(files / "frames"), "--map", str(_save_gif(only3, files / "m.gif")),
+                            "-o", str(files / "out3"), *common])
+    assert r.exit_code == 0, r.output
+    got = [np.asarray(Image.open(files / "out3" / f"frame-{k:05d}.png")) for k in range(5)]
+    assert len(Image.open(files / "m.gif").n_frames * [0]) == 3
+    assert [np.array_equal(g, s) for g, s in zip(got, srcs)] == [True, True, True, False, True]
+
+
+def test_a_folder_of_per_frame_maps_is_read_in_natural_order(tmp_path: Path) -> None:
+    for k in range(11):  # m2 before m10
+        Image.new("L", (W, H), 10 * k).save(tmp_path / f"m{k}.png")
+    maps = load_video_maps(tmp_path, 11, (W, H))
+    np.testing.assert_allclose(maps[:, 0, 0], [10 * k / 255 for k in range(11)], atol=1e-6)
+    with pytest.raises(DiffDiffError, match="the map video has 11 frames but the video has 5"):
+        load_video_maps(tmp_path, 5, (W, H))
+
 
 @pytest.mark.parametrize("case", ["short_map", "aspect", "unreadable", "too_long", "bad_ramp", "no_map", "bad_out"])
 def test_cli_bad_input_is_one_line_and_writes_nothing(wan_path: Path, files: Path, clip: list[Image.Image],

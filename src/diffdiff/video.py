@@ -220,7 +220,7 @@ def _read_maps(change_map: Any, count: int, size: tuple[int, int], polarity: Pol
     if isinstance(change_map, (str, os.PathLike)):
         p = Path(change_map)
         if p.is_dir() or p.suffix.lower() in (".mp4", ".gif") or (p.suffix.lower() == ".webp" and _frames_in(p) > 1):
-            per_frame = _map_frames(p, max_frames)
+            per_frame = _map_frames(p, max_frames, count)
         else:
             per_frame = [open_image(p, "change map")]
     elif isinstance(change_map, np.ndarray) and np.squeeze(change_map).ndim == 3 and change_map.shape[-1] not in (3, 4):
@@ -253,16 +253,50 @@ def _frames_in(path: Path) -> int:
         return 1
 
 
-def _map_frames(p: Path, max_frames: Optional[int]) -> list[Image.Image]:
-    """A map video's or map folder's frames, as greyscale images (a folder's files keep their modes)."""
+def _map_frames(p: Path, max_frames: Optional[int], count: int) -> list[Image.Image]:
+    """A map video's or map folder's frames, as greyscale images (a folder's files keep their modes).
+
+    GIF and WebP encoders store identical consecutive frames once, with their durations summed
+    (Pillow and libwebp both do), so a map clip that holds still comes back shorter. When its
+    frame durations are whole multiples of (total duration / ``count``), each stored frame is
+    repeated for the frames it stands for.
+    """
     if p.is_dir():
         files = frame_files(p) if p.exists() else []
         if not files:
             raise DiffDiffError(f"change map folder '{p}' holds no image frames")
-        check_frame_limit(len(files), max_frames, "map video")
+        check_frame_limit(len(files), max_frames, f"map video '{p}'")
         return [open_image(f, "change map frame") for f in files]
     frames, _ = read_video(p, "map video", max_frames)
-    return [f.convert("L") for f in frames]
+    maps = [f.convert("L") for f in frames]
+    if len(maps) != count and p.suffix.lower() in (".gif", ".webp"):
+        maps = _expand_merged(maps, _durations(p), count)
+    return maps
+
+
+def _durations(p: Path) -> list[float]:
+    """Each stored frame's duration in milliseconds (GIF/WebP), or [] when unknown."""
+    try:
+        with Image.open(p) as img:
+            out = []
+            for i in range(int(getattr(img, "n_frames", 1))):
+                img.seek(i)
+                out.append(float(img.info.get("duration") or 0))
+            return out
+    except Exception:
+        return []
+
+
+def _expand_merged(maps: list[Image.Image], durations: list[float], count: int) -> list[Image.Image]:
+    """Undo the encoders' merging of identical frames when the durations say how (else leave as read)."""
+    if len(durations) != len(maps) or not all(d > 0 for d in durations):
+        return maps
+    unit = sum(durations) / count
+    repeats = [round(d / unit) for d in durations]
+    # GIF stores centiseconds, so durations may be off by up to 10 ms per stored frame.
+    if sum(repeats) != count or any(r < 1 or abs(d - r * unit) > 10 for d, r in zip(durations, repeats)):
+        return maps
+    return [m for m, r in zip(maps, repeats) for _ in range(r)]
 
 
 # latent-frame maps -----------------------------------------------------------------------------------
