@@ -237,13 +237,29 @@ def test_families_refuse_what_they_cannot_do_in_one_line(wan: Editor, sd_editor:
     with pytest.raises(DiffDiffError, match="the wan family edits videos, not single images: use Editor.edit_video"):
         wan.edit(clip[0], half_map(W, H), PROMPT, num_inference_steps=2, seed=1)
 
-    class LTXConditionPipeline:  # the class name is what the registry reads
-        scheduler = None
+    for name, lack in [("LTXConditionPipeline", "no strength"), ("WanImageToVideoPipeline", "no input video"),
+                       ("WanVACEPipeline", "no strength")]:
+        fake = type(name, (), {"scheduler": None, "__call__": lambda self, video=None: None})  # the registry reads the name
+        with pytest.raises(UnsupportedModelError, match=rf"^{name} cannot be edited with a change map: {lack}.*wan") as e:
+            adapter_for(fake())
+        assert "\n" not in str(e.value)
 
-        def __call__(self, video: object = None) -> None: ...
 
-    with pytest.raises(UnsupportedModelError, match=r"^LTXConditionPipeline cannot be edited with a change map: no strength"):
-        adapter_for(LTXConditionPipeline())
+def test_clips_above_the_frame_limit_are_refused_before_any_work(wan: Editor, clip: list[Image.Image]) -> None:
+    wan.last_run.pipeline_calls = -1
+    with pytest.raises(DiffDiffError, match="video has more than 257 frames, above the limit"):
+        wan.edit_video(clip[:1] * 258, half_map(W, H), PROMPT, num_inference_steps=2)
+    assert wan.last_run.pipeline_calls == -1
+    assert len(wan.edit_video(clip[:1] * 9, Image.new("L", (W, H), 0), PROMPT, max_frames=9)) == 9
+
+
+def test_webp_map_with_merged_still_frames_is_expanded_to_the_clip(tmp_path: Path) -> None:
+    maps = np.zeros((5, H, W, 3), dtype=np.uint8)
+    maps[3] = 255
+    iio.imwrite(tmp_path / "m.webp", maps, extension=".webp", plugin="pillow", duration=100, loop=0, lossless=True)
+    assert Image.open(tmp_path / "m.webp").n_frames == 3  # libwebp stored frames 0-2 as one
+    got = load_video_maps(tmp_path / "m.webp", 5, (W, H))
+    assert [float(m.max()) for m in got] == [0, 0, 0, 1, 0]
 
 
 def test_map_length_and_aspect_are_checked(clip: list[Image.Image]) -> None:

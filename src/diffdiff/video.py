@@ -281,6 +281,7 @@ def _durations(p: Path) -> list[float]:
             out = []
             for i in range(int(getattr(img, "n_frames", 1))):
                 img.seek(i)
+                img.load()  # WebP sets a frame's duration when it is decoded
                 out.append(float(img.info.get("duration") or 0))
             return out
     except Exception:
