@@ -1,6 +1,6 @@
 """Video edit / plain video-to-video, per video family, on the tiny models of ``diffdiff.testing_video``.
 
-    python benchmarks/bench_video.py              # 17 frames at 128x128, 8 steps, 7 pairs (about a minute)
+    python benchmarks/bench_video.py              # 9 frames at 128x128, 8 steps, 7 pairs (a few minutes)
     python benchmarks/bench_video.py --quick      # 9 frames at 64x64, 4 steps, 3 pairs
 
 Each row times ``Editor.edit_video`` (a left-right gradient map, so every latent frame is graded)
@@ -167,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     t0 = time.perf_counter()
-    frames_n, size, steps, reps = (9, 64, 4, 3) if args.quick else (17, 128, 8, 7)
+    frames_n, size, steps, reps = (9, 64, 4, 3) if args.quick else (9, 128, 8, 7)
     rows = bench(frames_n, size, steps, reps)
     text = section(rows, "quick" if args.quick else "full", time.perf_counter() - t0, torch.get_num_threads())
     if not args.no_write:
