@@ -237,7 +237,7 @@ def test_families_refuse_what_they_cannot_do_in_one_line(wan: Editor, sd_editor:
     with pytest.raises(DiffDiffError, match="the wan family edits videos, not single images: use Editor.edit_video"):
         wan.edit(clip[0], half_map(W, H), PROMPT, num_inference_steps=2, seed=1)
 
-    for name, lack in [("LTXConditionPipeline", "no strength"), ("WanImageToVideoPipeline", "no input video"),
+    for name, lack in [("LTXConditionPipeline", "no video-to-video noising of its own"), ("WanImageToVideoPipeline", "no input video"),
                        ("WanVACEPipeline", "no strength")]:
         fake = type(name, (), {"scheduler": None, "__call__": lambda self, video=None: None})  # the registry reads the name
         with pytest.raises(UnsupportedModelError, match=rf"^{name} cannot be edited with a change map: {lack}.*wan") as e:

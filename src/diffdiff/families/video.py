@@ -170,7 +170,8 @@ class VideoAdapter(Adapter):
 
 # Video pipelines diffdiff cannot drive, and what they lack.
 _REFUSED: dict[str, str] = {
-    "LTXConditionPipeline": "no strength: it conditions on frames instead of noising the input video",
+    "LTXConditionPipeline": ("no video-to-video noising of its own (denoise_strength acts only on latents passed "
+                             "in; video conditions enter through a per-token mask)"),
     "LTXImageToVideoPipeline": "no input video to noise (it animates one image)",
     "LTXPipeline": "no input video (text-to-video)",
     "WanImageToVideoPipeline": "no input video to noise (it animates one image)",
