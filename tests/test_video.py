@@ -399,3 +399,12 @@ def test_cogvideox_15_temporal_patches_are_refused_in_one_line(video_models: dic
     pipe.transformer.register_to_config(patch_size_t=2)
     with pytest.raises(DiffDiffError, match=r"^CogVideoX 1\.5 \(temporal patches, patch_size_t\) has no video-to-video"):
         Editor(pipe, progress=False)
+
+
+def test_frame_sizes_off_the_model_grid_come_back_at_their_own_size(wan: Editor) -> None:
+    odd = sample_clip(5, 40, 28, seed=6)  # Wan runs at the nearest multiples of 16, resized back
+    out = wan.edit_video(odd, half_map(40, 28), PROMPT, num_inference_steps=2, seed=2)
+    assert all(f.size == (40, 28) for f in out)
+    assert all(np.array_equal(g[:, :20], s[:, :20]) for g, s in zip(_arrays(out), _arrays(odd)))
+    ww, wh = wan.last_run.work_size
+    assert ww % 16 == 0 and wh % 16 == 0 and (ww, wh) != (40, 28)
