@@ -110,7 +110,11 @@ def _read_clip(p: Path, what: str, max_frames: Optional[int]) -> tuple[list[Imag
         for arr in iio.imiter(p, plugin=plugin):
             frames.append(_rgb(Image.fromarray(np.asarray(arr))))
             check_frame_limit(len(frames), max_frames, f"{what} '{p}'")
-        meta = iio.immeta(p, plugin=plugin) if plugin == "FFMPEG" else iio.immeta(p, index=0, plugin=plugin)
+        if plugin == "FFMPEG":
+            meta = dict(iio.immeta(p, plugin=plugin))
+        else:  # GIF/WebP: per-frame durations; merged still frames last a multiple of the shortest
+            durations = [d for d in _durations(p) if d > 0]
+            meta = {"duration": min(durations)} if durations else {}
     except DiffDiffError:
         raise
     except PermissionError as exc:
