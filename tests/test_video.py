@@ -340,7 +340,8 @@ def test_a_folder_of_per_frame_maps_is_read_in_natural_order(tmp_path: Path) -> 
         load_video_maps(tmp_path, 5, (W, H))
 
 
-@pytest.mark.parametrize("case", ["short_map", "aspect", "unreadable", "too_long", "bad_ramp", "no_map", "bad_out"])
+@pytest.mark.parametrize("case", ["short_map", "aspect", "unreadable", "too_long", "bad_ramp", "no_map", "bad_out",
+                                  "full_folder"])
 def test_cli_bad_input_is_one_line_and_writes_nothing(wan_path: Path, files: Path, clip: list[Image.Image],
                                                       case: str) -> None:
     video, extra, out = files / "in.gif", ["--map", str(files / "half.png")], files / "bad.mp4"
@@ -352,6 +353,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(wan_path: Path, files: Pat
         "bad_ramp": "--map-ramp must be START:END",
         "no_map": "pass --map MAP, --map-ramp START:END, or both",
         "bad_out": "must end in .mp4, .gif, .webp",
+        "full_folder": "already exists and is not empty",
     }[case]
     if case == "short_map":
         extra = ["--map", str(_save_gif(clip[:3], files / "short.gif"))]
@@ -369,12 +371,14 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(wan_path: Path, files: Pat
         extra = []
     elif case == "bad_out":
         out = files / "bad.png"
-    before = set(files.iterdir())
+    elif case == "full_folder":
+        out = files / "frames"
+    before = {p: p.stat().st_mtime_ns for p in files.rglob("*")}
     r = runner.invoke(app, ["edit-video", str(video), *extra, "-o", str(out), "-p", PROMPT, "--model", str(wan_path)])
     assert r.exit_code == 1
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.output
-    assert set(files.iterdir()) == before
+    assert {p: p.stat().st_mtime_ns for p in files.rglob("*")} == before
 
 
 @pytest.mark.parametrize(("family", "t2v"), [("wan", "WanPipeline"), ("cogvideox", "CogVideoXPipeline"),
