@@ -37,7 +37,7 @@ from PIL import Image
 from . import __version__
 from .changemap import MapLike, paste_back, prepare_change_map, to_latent_map
 from .core import blend
-from .errors import DiffDiffError
+from .errors import DiffDiffError, UnsupportedFeatureError
 from .hook import DifferentialStep, NoiseCapture, Reference
 from .io import image_sha256, open_image
 
@@ -125,7 +125,7 @@ def validate_diffedit_params(
 
 def _require_family(editor: Editor) -> None:
     if editor.adapter.name not in SUPPORTED_FAMILIES:
-        raise DiffDiffError(
+        raise UnsupportedFeatureError(
             f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {editor.adapter.name} family"
         )
 

@@ -13,3 +13,7 @@ class UnsupportedModelError(DiffDiffError):
 
 class ModelLoadError(DiffDiffError):
     """A model could not be loaded (missing folder, not in the offline cache, bad file)."""
+
+
+class UnsupportedFeatureError(DiffDiffError):
+    """The loaded model's family cannot do this operation (e.g. DiffEdit on SD3); the server answers 501."""
