@@ -220,11 +220,17 @@ def guard_api_paths(app: FastAPI, router: APIRouter) -> None:
         return _error(404, f"no endpoint {request.url.path}; see /docs for the API")
 
 
-def _form_property(prop: dict[str, Any]) -> dict[str, Any]:
-    """A multipart field's schema as it travels: no ``null`` branch, integral bounds of integers as ints.
+#: How an empty form value reads: FastAPI takes it as "not sent", so the field gets its default.
+EMPTY_MEANS_DEFAULT = {"type": "string", "maxLength": 0, "description": "empty: the default"}
 
-    A form part is text and cannot carry JSON ``null``: an optional field is left out (or sent
-    empty) for its default. FastAPI writes every bound as a float (500.0).
+
+def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
+    """A multipart field's schema as it travels on the wire.
+
+    A form part is text and cannot carry JSON ``null``: an optional field is left out, or sent
+    empty, for its default; the ``null`` branch goes and an optional non-text field (a number, a
+    boolean, an enum) gains an empty-string branch. FastAPI writes every bound as a float (500.0):
+    integers get them back as ints.
     """
     branches = prop.get("anyOf")
     if branches is not None:
@@ -235,14 +241,18 @@ def _form_property(prop: dict[str, Any]) -> dict[str, Any]:
         for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             if isinstance(prop.get(key), float) and prop[key].is_integer():
                 prop[key] = int(prop[key])
+    is_text = prop.get("type") == "string" and "enum" not in prop
+    if not required and not is_text and "anyOf" not in prop:
+        meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+        prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}
     return prop
 
 
 def install_openapi(app: FastAPI) -> None:
     """Finish the generated schema so it says what the server accepts on the wire.
 
-    The may-be-empty text fields of :data:`REQUIRED_TEXT` are required; form fields lose the
-    ``null`` branch a multipart body cannot carry (:func:`_form_property`).
+    The may-be-empty text fields of :data:`REQUIRED_TEXT` are required; form fields are
+    described as they travel, as text (:func:`_form_property`).
     """
 
     def openapi() -> dict[str, Any]:
@@ -256,10 +266,10 @@ def install_openapi(app: FastAPI) -> None:
                     continue
                 component = components[body["schema"]["$ref"].rsplit("/", 1)[-1]]
                 props = component["properties"]
-                for name in props:
-                    props[name] = _form_property(props[name])
                 names = REQUIRED_TEXT.get(path, ())
                 component["required"] = sorted(set(component.get("required", [])) | set(names))
+                for name in props:
+                    props[name] = _form_property(props[name], name in component["required"])
                 for name in names:
                     props[name].pop("default", None)
         return schema
@@ -268,11 +278,18 @@ def install_openapi(app: FastAPI) -> None:
 
 
 async def _present(request: Request, names: tuple[str, ...]) -> None:
-    """Raise 422 for a required text field that was not sent at all (sent empty is fine)."""
+    """422 for a field sent more than once, or a required text field not sent at all (empty is fine)."""
     form = await request.form()  # already parsed by FastAPI: this returns the cached form
-    missing = [n for n in names if n not in form]
-    if missing:
-        raise DiffDiffError("; ".join(f"{n}: Field required" for n in missing))
+    route = request.scope["route"]
+    declared = {field.alias for field in route.dependant.body_params}
+    counts: dict[str, int] = {}
+    for key, _ in form.multi_items():
+        if key in declared:  # other fields are ignored (the schema allows them)
+            counts[key] = counts.get(key, 0) + 1
+    repeated = [f"{k}: sent {n} times, expected one value" for k, n in counts.items() if n > 1]
+    missing = [f"{n}: Field required" for n in names if n not in counts]
+    if repeated or missing:
+        raise DiffDiffError("; ".join(repeated + missing))
 
 
 async def _read(upload: Optional[UploadFile], what: str, limit: int, required: bool = True) -> Optional[bytes]:
