@@ -576,3 +576,21 @@ def test_serve_api_only_needs_no_gradio(without_extra: list[tuple[Any, str]]) ->
     assert code == 1, (code, stderr)
     last = [line for line in stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and "/nonexistent/model" in last and "diffdiff[web]" not in last, stderr
+
+
+def test_broken_multipart_is_400_and_seed_range_is_the_schemas(client: TestClient, image: Image.Image) -> None:
+    r = client.post("/api/edit", content=b"--xyz\r\nContent-Disposition: form-da",
+                    headers={"content-type": "multipart/form-data"})  # no boundary: unparsable
+    assert_json_error(r, 400, "boundary")
+    r = client.post("/api/edit", content=b"--xyz\r\nContent-Disposition: form-da",
+                    headers={"content-type": "multipart/form-data; boundary=xyz"})  # cut short: no fields
+    assert_json_error(r, 422, "image: Field required")
+    # Seeds go up to 2**53 - 1, the largest integer every JSON client holds exactly; the schema says so.
+    top = 2**53 - 1
+    ok = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": STEPS, "seed": str(top)})
+    assert ok.status_code == 200 and ok.headers["x-diffdiff-seed"] == str(top)
+    assert_json_error(client.post("/api/edit", files=edit_files(image, half_map(96, 64)),
+                                  data={"prompt": "x", "steps": STEPS, "seed": str(top + 1)}), 422, "seed")
+    schema = client.get("/openapi.json").json()
+    ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    assert schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]["seed"]["anyOf"][0]["maximum"] == top
