@@ -594,3 +594,32 @@ def test_broken_multipart_is_400_and_seed_range_is_the_schemas(client: TestClien
     schema = client.get("/openapi.json").json()
     ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     assert schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]["seed"]["anyOf"][0]["maximum"] == top
+
+
+def test_readme_limits_are_the_schemas_and_the_servers(client: TestClient, image: Image.Image) -> None:
+    """The limits the README states: schema bounds, and the server refusing just past them."""
+    schema = client.get("/openapi.json").json()
+
+    def props(path: str) -> dict[str, Any]:
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+
+    edit, fan = props("/api/edit"), props("/api/fan")
+    assert (edit["guidance"]["anyOf"][0]["minimum"], edit["guidance"]["anyOf"][0]["maximum"]) == (0, 100)
+    assert edit["prompt"]["maxLength"] == 10_000 and props("/api/diffedit")["source_prompt"]["maxLength"] == 10_000
+    for name in ("min_strength", "max_strength"):
+        assert (fan[name]["anyOf"][0]["minimum"], fan[name]["anyOf"][0]["maximum"]) == (0, 1)
+    files = edit_files(image, half_map(96, 64))
+    assert_json_error(client.post("/api/edit", files=files, data={"prompt": "x" * 10_001}), 422, "prompt")
+    assert_json_error(client.post("/api/edit", files=files, data={"prompt": "x", "guidance": "100.5"}), 422, "guidance")
+    # An optional field sent empty takes its default.
+    r = client.post("/api/edit", files=files, data={"prompt": "x", "steps": STEPS, "polarity": "", "strength": "", "seed": "3"})
+    assert r.status_code == 200, r.text
+    meta = read_metadata(Image.open(io.BytesIO(r.content)))
+    assert (meta["polarity"], meta["strength"]) == ("change", 1.0)
+    # A fan needs an image at least `columns` pixels wide.
+    narrow = png(sample_image(8, 64, seed=1))
+    assert_json_error(client.post("/api/fan", files={"image": ("a.png", narrow)}, data={"prompt": "x", "columns": "9"}),
+                      422, "too narrow")
+    assert client.post("/api/fan", files={"image": ("a.png", narrow)},
+                       data={"prompt": "x", "columns": "8", "steps": STEPS}).status_code == 200
