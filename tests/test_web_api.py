@@ -623,3 +623,12 @@ def test_readme_limits_are_the_schemas_and_the_servers(client: TestClient, image
                       422, "too narrow")
     assert client.post("/api/fan", files={"image": ("a.png", narrow)},
                        data={"prompt": "x", "columns": "8", "steps": STEPS}).status_code == 200
+
+
+@pytest.mark.parametrize("size", [(1, 1), (16, 1), (1, 16)])
+def test_fan_of_a_one_pixel_row_or_column(client: TestClient, size: tuple[int, int]) -> None:
+    """Schema-valid, so it must work: the fan's band map of a 1-pixel-tall image stays 2-D."""
+    r = client.post("/api/fan", files={"image": ("a.png", png(sample_image(*size, seed=1)))},
+                    data={"prompt": "x", "columns": "1", "steps": STEPS, "seed": "1"})
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == size
