@@ -176,10 +176,13 @@ def test_every_operation_agrees_with_the_schema(case: Any) -> None:
 
 
 def test_the_fuzz_covers_every_operation(api_schema: Any) -> None:
-    """The fuzz runs over every /api operation the app serves (new endpoints join it by existing)."""
+    """The fuzz runs over every operation in the schema, the five of today among them (a new
+    endpoint or field joins the fuzz by being declared; a new file field declares its media type
+    with ``openapi_extra=_files(...)`` in diffdiff.web.api so the fuzz sends it images)."""
     ops = {(r.ok().method.upper(), r.ok().path) for r in api_schema.get_all_operations()}
-    assert ops == {("GET", "/api/health"), ("POST", "/api/edit"), ("POST", "/api/fan"),
-                   ("POST", "/api/auto-map"), ("POST", "/api/diffedit")}
+    assert {("GET", "/api/health"), ("POST", "/api/edit"), ("POST", "/api/fan"),
+            ("POST", "/api/auto-map"), ("POST", "/api/diffedit")} <= ops
+    assert all(path.startswith("/api/") for _, path in ops)
 
 
 def test_image_strategy_makes_images_the_server_decodes(fuzz_app: Any) -> None:

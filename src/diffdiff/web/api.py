@@ -2,8 +2,10 @@
 
 This module owns the API's contract: every field's type and range is declared once, on the
 endpoint's parameters, and FastAPI both validates requests and writes the OpenAPI schema from
-those declarations, so the two cannot drift apart (``tests/test_web_schema.py`` fuzzes the
-running app from its own schema to keep it so). Error responses are declared in the schema too.
+those declarations; :func:`install_openapi` then describes the form fields as they travel (text
+parts: no ``null``, empty = the default). Error responses are declared too. ``tests/test_web_schema.py``
+fuzzes the running app from its own schema (schemathesis) to keep schema and server in step: a
+new field joins the fuzz by being declared here, a new file field with ``openapi_extra=_files(...)``.
 
 Uploads are decoded in memory; filenames the client sends are ignored, so nothing it sends becomes
 a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
@@ -39,7 +41,7 @@ MAX_FAN_COLUMNS = 16
 MAX_AUTO_MAPS = 64
 #: Longest prompt accepted, in characters (CLIP reads 77 tokens; the rest only lands in the metadata).
 MAX_PROMPT_CHARS = 10_000
-#: Guidance above this is refused: it only saturates the image (and can overflow to NaN pixels).
+#: Guidance above this is refused: far past any useful value (7.5 is typical), it only saturates the image.
 MAX_GUIDANCE = 100.0
 #: 2**53 - 1: the largest integer every JSON client (JavaScript's numbers) holds exactly.
 MAX_SEED = 2**53 - 1
