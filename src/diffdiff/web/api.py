@@ -33,8 +33,8 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..changemap import prepare_change_map
-from ..editor import DiffDiffWarning, validate_edit_params
-from ..errors import DiffDiffError, UnsupportedFeatureError
+from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
+from ..request import validate_edit_params
 from .service import EditService, QueueFull, TooLarge, png_bytes
 
 MAX_FAN_COLUMNS = 16

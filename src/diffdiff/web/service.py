@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from ..diffedit import SUPPORTED_FAMILIES
+from ..denoise import SUPPORTED_FAMILIES
 from ..errors import DiffDiffError
 from ..io import pnginfo_for
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 #: The operations the API and the UI offer, as :class:`~diffdiff.Editor` method names.
 FEATURES = ("edit", "fan", "auto_map", "diffedit")
-#: Those that call the denoiser directly, which only some families support (:mod:`diffdiff.diffedit`).
+#: Those that call the denoiser directly, which only some families support (:mod:`diffdiff.denoise`).
 NEEDS_NOISE_PREDICTOR = ("auto_map", "diffedit")
 
 #: 2048 x 2048: larger inputs are refused (413) before they are decoded.

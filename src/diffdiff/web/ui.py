@@ -22,8 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .. import maps
-from ..editor import DiffDiffWarning
-from ..errors import DiffDiffError
+from ..errors import DiffDiffError, DiffDiffWarning
 from .service import EditService, QueueFull, png_bytes
 
 UI_CSS = """
