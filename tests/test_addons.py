@@ -505,8 +505,15 @@ def test_rest_edit_takes_a_control_image_for_a_served_controlnet(tiny_sd_path: P
                   for name, f in (("image", "in.png"), ("map", "map.png"), *extra.pop("uploads", []))}  # type: ignore[misc]
         return client.post("/api/edit", files=upload, data={"prompt": "a fox", "steps": STEPS, "seed": 2, **extra})
 
+    def edit_fields(client: TestClient) -> set[str]:
+        schema = client.get("/openapi.json").json()
+        ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        return set(schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+
     ed = Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, progress=False)
     with TestClient(create_app(ed, ui=False)) as client:
+        assert {"control_image", "control_from", "controlnet_scale"} <= edit_fields(client)
+        assert "ip_adapter_image" not in edit_fields(client)  # documented only for what the model has loaded
         r = post(client, uploads=[("control_image", "control.png")], controlnet_scale="0.6")
         assert r.status_code == 200, r.text
         out = Image.open(io.BytesIO(r.content))
@@ -519,6 +526,7 @@ def test_rest_edit_takes_a_control_image_for_a_served_controlnet(tiny_sd_path: P
         canny = post(client, control_from="canny")
         assert canny.status_code == 200 and read_metadata(Image.open(io.BytesIO(canny.content)))["control_from"] == "canny"
     with TestClient(create_app(sd_editor, ui=False)) as client:
+        assert not {"control_image", "ip_adapter_image"} & edit_fields(client)
         r = post(client, uploads=[("control_image", "control.png")])
         assert r.status_code == 422 and "ControlNet" in r.json()["error"]
 

@@ -17,9 +17,10 @@ event loop keeps answering (health, other clients' 503s) while a job runs.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import anyio
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
@@ -349,6 +350,17 @@ def _first_image(out: Any) -> Image.Image:
     raise DiffDiffError(f"the editor returned {type(out).__name__}, not an image")
 
 
+#: /api/edit's add-on fields, by the add-on of the served model that takes them.
+ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
+                "ip_adapter_image": "ip_adapter"}
+
+
+def _served_addon_fields(service: EditService) -> set[str]:
+    """The add-on fields of the model this server was given (none for a lazily loaded one)."""
+    addons = getattr(service._editor, "addons", None)
+    return {name for name, kind in ADDON_FIELDS.items() if addons is not None and getattr(addons, kind)}
+
+
 def build_router(service: EditService) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["diffdiff"])
     max_steps = service.max_steps
@@ -365,8 +377,8 @@ def build_router(service: EditService) -> APIRouter:
             features=service.features(),
         )
 
-    @router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
-                 openapi_extra=_files("image", "map", "control_image", "ip_adapter_image"))
+    served = _served_addon_fields(service)
+
     async def edit(
         request: Request,
         image: UploadFile = File(..., description="Image to edit (any format Pillow reads)"),
@@ -381,12 +393,16 @@ def build_router(service: EditService) -> APIRouter:
         polarity: Literal["change", "keep"] = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
         skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
-        control_image: Optional[UploadFile] = File(None, description="ControlNet control image (served model with a ControlNet)"),
-        control_from: Optional[str] = Form(None, description="Derive the control image from the input instead: 'canny'"),
-        controlnet_scale: Optional[float] = Form(None, description="ControlNet conditioning scale [default: 1.0]"),
-        ip_adapter_image: Optional[UploadFile] = File(None, description="IP-Adapter reference image (served model with one)"),
+        control_image: Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio")] = None,
+        control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
+        controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
+        ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"])
+        unserved = sorted(set(ADDON_FIELDS) & set((await request.form()).keys()) - served)
+        if unserved:  # the fields exist (and are documented) only for a served model with that add-on
+            raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
+                                f"{'ControlNet' if unserved[0] != 'ip_adapter_image' else 'IP-Adapter'} loaded")
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
         control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
@@ -415,6 +431,14 @@ def build_router(service: EditService) -> APIRouter:
 
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)
+
+    # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
+    signature = inspect.signature(edit)
+    edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
+    files = ["image", "map", *sorted(f for f in served if f.endswith("_image"))]
+    router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
+                openapi_extra=_files(*files))(edit)
 
     @router.post("/fan", summary="Strength fan: one row of edits at increasing strength",
                  response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "map"))
