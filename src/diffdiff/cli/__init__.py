@@ -35,7 +35,7 @@ def _root(
 
 
 # Command modules; each defines register(app). Optional ones are skipped if not present yet.
-for _name in ("edit", "maps", "fan", "diffedit", "serve"):
+for _name in ("edit", "maps", "fan", "diffedit", "serve", "batch"):
     try:
         _mod = importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _exc:
