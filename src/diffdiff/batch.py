@@ -295,15 +295,18 @@ def build_rows(records: Sequence[tuple[Mapping[str, Any] | DiffDiffError, bool]]
         if isinstance(rec, DiffDiffError):
             rows.append(BadRow(number, fallback, str(rec)))
             continue
-        given_id = rec.get("id")
-        bad_id = given_id if isinstance(given_id, str) and _ID_RE.match(given_id) else fallback
+        given_id, image = rec.get("id"), rec.get("image")
+        if isinstance(given_id, str) and _ID_RE.match(given_id):
+            bad_id = given_id
+        else:
+            bad_id = _default_id(image, number) if isinstance(image, str) and not given_id else fallback
         try:
             row = make_row(rec, number, base_dir, defaults, from_text)
         except DiffDiffError as exc:
             rows.append(BadRow(number, bad_id, str(exc)))
             continue
         if row.id in ids:
-            rows.append(BadRow(number, f"{fallback}", f"duplicate id '{row.id}' (first used by row {ids[row.id]})"))
+            rows.append(BadRow(number, fallback, f"duplicate id '{row.id}' (first used by row {ids[row.id]})"))
             continue
         clash = next((o for o in row.outputs if o in owners), None)
         if clash is not None:
@@ -414,7 +417,7 @@ def execute_unit(editor: Editor, unit: WorkUnit, write_dir: Optional[str] = None
                                      metadata={"image_file": name, "auto_map_source": first.source})
     except Exception as exc:
         seconds = (time.perf_counter() - t0) / count
-        return [_result(r, "error", seed, seconds, error=_one_line(exc)) for r in rows]
+        return [_result(r, "error", r.seed, seconds, error=_one_line(exc)) for r in rows]
     notes = sorted({str(w.message) for w in caught if issubclass(w.category, DiffDiffWarning)})
     seconds = (time.perf_counter() - t0) / count
     results = []
@@ -429,7 +432,7 @@ def execute_unit(editor: Editor, unit: WorkUnit, write_dir: Optional[str] = None
             else:
                 res["png"] = [_png_bytes(im) for im in mine]
         except Exception as exc:  # e.g. disk full: this row failed, nothing half-written
-            res = _result(row, "error", seed, seconds, error=f"writing the output failed: {_one_line(exc)}")
+            res = _result(row, "error", row.seed, seconds, error=f"writing the output failed: {_one_line(exc)}")
         results.append(res)
     return results
 
@@ -487,10 +490,8 @@ class ResultsLog:
                 continue
             if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
                 continue
-            if rec.get("status") == "ok":
+            if rec.get("status") == "ok":  # a later error line for the id changes nothing: its files decide
                 self.done[rec["id"]] = [str(o) for o in rec.get("outputs") or []]
-            else:
-                self.done.pop(rec["id"], None)
 
     def is_done(self, row: Row, outdir: Path) -> bool:
         outs = self.done.get(row.id)
