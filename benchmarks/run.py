@@ -589,8 +589,8 @@ def machine(threads: Optional[int] = None) -> str:
             f"load average at the end {load}")
 
 
-# Sections other scripts own (benchmarks/big_images.py); a rewrite of this table keeps them.
-_FOREIGN_SECTIONS = ("## Big images",)
+# Sections other scripts own (benchmarks/big_images.py, benchmarks/batch.py); a rewrite of this table keeps them.
+_FOREIGN_SECTIONS = ("## Big images", "## Batch")
 
 
 def _kept_sections(path: Path) -> str:

@@ -153,6 +153,34 @@ def test_bad_rows_are_named(record: dict[str, Any], needle: str, tmp_path: Path)
     assert isinstance(row, BadRow) and needle in row.error, row
 
 
+def test_defaults_fill_rows_and_apply_only_where_they_fit(tmp_path: Path) -> None:
+    defaults = {"prompt": "p", "steps": 7, "strength": 0.6, "softness": 4.0, "polarity": "keep", "num_maps": 3,
+                "map": str(tmp_path / "shared-map.png")}
+    recs = [({"image": "photos/a b.png"}, False),  # no kind: the default --map
+            ({"image": "b.png", "mask": "k.png", "steps": 9}, False),
+            ({"image": "c.png", "source_prompt": "a photo", "prompt": "q"}, False)]
+    a, b, c = build_rows(recs, tmp_path, defaults)
+    assert isinstance(a, Row) and isinstance(b, Row) and isinstance(c, Row)
+    assert (a.kind, a.source, a.id, a.image) == ("map", str(tmp_path / "shared-map.png"), "a_b-1",
+                                                 str(tmp_path / "photos" / "a b.png"))
+    assert a.settings["steps"] == 7 and a.settings["polarity"] == "keep" and "softness" not in a.settings
+    assert "num_maps" not in a.settings or a.settings["num_maps"] == 10  # only source rows use num_maps
+    assert b.settings["steps"] == 9 and b.settings["softness"] == 4.0 and b.settings["polarity"] == "change"
+    assert c.settings["prompt"] == "q" and c.settings["num_maps"] == 3 and c.settings["strength"] == 0.6
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path: Path, sd_editor: diffdiff.Editor) -> None:
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / batch.LOCK_FILE, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(diffdiff.DiffDiffError, match="another diffdiff batch run is writing"):
+            batch.run(SIX_ROWS[:1], out, sd_editor)
+    assert not (out / "results.jsonl").exists()
+
+
 def test_duplicate_ids_and_output_clashes(tmp_path: Path) -> None:
     recs = [({"id": "x", "image": "a.png", "map": "m.png", "prompt": "p", "num_images": 2}, False),
             ({"id": "x", "image": "b.png", "map": "m.png", "prompt": "p"}, False),
@@ -186,14 +214,15 @@ def test_crash_between_png_and_line_redoes_that_row_once(inputs: Path, sd_editor
 
 
 def test_killed_process_resumes_without_duplicates(inputs: Path, tiny_sd_path: Path, tmp_path: Path) -> None:
-    for i in range(10):
-        sample_image(128, 128, seed=i).save(tmp_path / f"k{i}.png")
-    gradient_map(128, 128).save(tmp_path / "map.png")
+    n = 24
+    for i in range(n):
+        sample_image(64, 64, seed=i).save(tmp_path / f"k{i}.png")
+    gradient_map(64, 64).save(tmp_path / "map.png")
     manifest = _write_jsonl(tmp_path / "kill.jsonl", [
-        {"id": f"k{i}", "image": f"k{i}.png", "map": "map.png", "prompt": "a cat", "seed": i} for i in range(10)])
+        {"id": f"k{i}", "image": f"k{i}.png", "map": "map.png", "prompt": "a cat", "seed": i} for i in range(n)])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "diffdiff", "batch", str(manifest), "-o", str(out), "--model", str(tiny_sd_path),
-           "--steps", "8"]
+           "--steps", "4"]
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "results.jsonl"
@@ -206,16 +235,16 @@ def test_killed_process_resumes_without_duplicates(inputs: Path, tiny_sd_path: P
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done_before = {r["id"] for r in _lines(out)}
-    assert 3 <= len(done_before) < 10
+    assert 3 <= len(done_before) < n
     for png in out.glob("*.png"):  # whatever exists is complete
         with Image.open(png) as im:
             im.load()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert f"{10 - len(done_before)} done, 0 failed, {len(done_before)} skipped" in res.stderr
+    assert f"{n - len(done_before)} done, 0 failed, {len(done_before)} skipped" in res.stderr
     ids = [r["id"] for r in _lines(out)]
-    assert sorted(ids) == sorted(f"k{i}" for i in range(10))  # each row exactly once
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"k{i}.png" for i in range(10))
+    assert sorted(ids) == sorted(f"k{i}" for i in range(n))  # each row exactly once
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"k{i}.png" for i in range(n))
     assert not list(out.glob(".*.tmp"))
 
 
@@ -337,8 +366,19 @@ def test_ray_two_workers_actor_killed_mid_run(ray_cluster: Any, inputs: Path, ti
     for i in range(6):  # same pixels and metadata as the local run
         assert np.array_equal(_pixels(out / f"r{i}.png"), _pixels(tmp_path / "local" / f"r{i}.png"))
         assert read_metadata(out / f"r{i}.png") == read_metadata(tmp_path / "local" / f"r{i}.png")
-    again = batch.run(rows, out, factory, base_dir=inputs, ray="auto", workers=2)
-    assert (again.done, again.skipped) == (0, 6)  # resumed: only the bad row ran (and failed) again
+
+
+def test_ray_pool_one_actor_per_gpu_or_n_cpu_workers(ray_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffdiff import batch_ray
+
+    monkeypatch.setattr(batch_ray.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
+    assert batch_ray.plan_workers(None) == [(1, 1)] * 4
+    monkeypatch.setattr(batch_ray.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(diffdiff.DiffDiffError, match="no GPUs; pass --workers N"):
+        batch_ray.plan_workers(None)
+    assert batch_ray.plan_workers(2) == [(1, 0), (1, 0)]
+    with pytest.raises(diffdiff.DiffDiffError, match="needs 3 CPUs; the Ray cluster has 2"):
+        batch_ray.plan_workers(3)
 
 
 def test_ray_shared_storage_workers_write_by_path(ray_cluster: Any, inputs: Path, tiny_sd_path: Path,

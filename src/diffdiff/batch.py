@@ -639,6 +639,7 @@ def run(
             bar = tqdm(total=len(rows), unit="row", desc="batch", disable=not progress, dynamic_ncols=True)
 
             def record(result: Mapping[str, Any]) -> None:
+                result = {**result, "finished_at": round(time.time(), 3)}  # when the driver recorded it
                 log.append(result)
                 if result["status"] == "ok":
                     summary.done += 1
