@@ -303,6 +303,16 @@ def test_ray_missing_says_how_to_install(inputs: Path, tiny_sd_path: Path, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+def test_progress_bar_and_no_model_load_when_nothing_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def no_model() -> diffdiff.Editor:
+        raise AssertionError("the model must not be loaded when no row can run")
+
+    s = batch.run([{"image": "a.png", "map": "m.png"}], tmp_path / "o", no_model, progress=True)
+    assert (s.done, s.failed) == (0, 1) and "missing field 'prompt'" in s.failures[0][1]
+    err = capsys.readouterr().err
+    assert "1/1" in err and "failed=1" in err and "row" in err  # tqdm: rows done, failures, ETA/rate
+
+
 def test_workers_without_ray_is_an_error(tmp_path: Path, sd_editor: diffdiff.Editor) -> None:
     with pytest.raises(diffdiff.DiffDiffError, match="go with ray"):
         batch.run(SIX_ROWS[:1], tmp_path / "o", sd_editor, workers=2)
@@ -352,15 +362,17 @@ def test_ray_two_workers_actor_killed_mid_run(ray_cluster: Any, inputs: Path, ti
     rows = [{"id": f"r{i}", "image": f"img{i % 4}.png", "map": "map.png", "prompt": f"prompt {i}", "steps": 2,
              "seed": i} for i in range(6)]
     rows.append({"id": "bad", "image": "img0.png", "map": "wide.png", "prompt": "x", "steps": 2, "seed": 9})
+    rows.append({"id": "gone", "image": "gone.png", "map": "map.png", "prompt": "x", "steps": 2})  # never sent
     marker = tmp_path / "killed.pid"
     factory = functools.partial(_dying_editor, str(tiny_sd_path), "prompt 3", str(marker))
     out = tmp_path / "ray"
     s = batch.run(rows, out, factory, base_dir=inputs, ray="auto", workers=2)
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process really died
-    assert s.retried >= 1 and (s.done, s.failed) == (6, 1), s
+    assert s.retried >= 1 and (s.done, s.failed) == (6, 2), s
     lines = _lines(out)
     assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in rows)  # nothing lost, nothing doubled
     assert "aspect ratios differ" in next(r for r in lines if r["id"] == "bad")["error"]
+    assert "does not exist" in next(r for r in lines if r["id"] == "gone")["error"]
     local = batch.run(rows[:6], tmp_path / "local", sd_editor, base_dir=inputs)
     assert local.done == 6
     for i in range(6):  # same pixels and metadata as the local run
@@ -377,6 +389,10 @@ def test_ray_pool_one_actor_per_gpu_or_n_cpu_workers(ray_cluster: Any, monkeypat
     with pytest.raises(diffdiff.DiffDiffError, match="no GPUs; pass --workers N"):
         batch_ray.plan_workers(None)
     assert batch_ray.plan_workers(2) == [(1, 0), (1, 0)]
+    monkeypatch.setattr(batch_ray.ray, "cluster_resources", lambda: {"CPU": 16.0})
+    monkeypatch.setattr(batch_ray.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0}}] * 2)
+    assert batch_ray.plan_workers(4) == [(4, 0)] * 4  # the CPUs shared out
+    assert batch_ray.plan_workers(3) == [(4, 0)] * 3  # 5 each would not fit three on two 8-CPU nodes
     with pytest.raises(diffdiff.DiffDiffError, match="needs 3 CPUs; the Ray cluster has 2"):
         batch_ray.plan_workers(3)
 

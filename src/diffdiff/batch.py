@@ -621,6 +621,8 @@ def run(
     t0 = time.perf_counter()
     if ray is None and (workers is not None or shared_storage):
         raise DiffDiffError("workers and shared_storage go with ray (e.g. --ray auto)")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise DiffDiffError(f"group_size must be a positive integer, got {group_size!r}")
     pool = _ray_pool() if ray is not None else None  # fails first, in one line, without ray installed
     if isinstance(manifest, (str, os.PathLike)):
         records = read_manifest(manifest)
@@ -636,7 +638,11 @@ def run(
     with _locked(out):
         log = ResultsLog(out)
         try:
-            bar = tqdm(total=len(rows), unit="row", desc="batch", disable=not progress, dynamic_ncols=True)
+            todo = [r for r in rows if isinstance(r, Row) and not log.is_done(r, out)]
+            bad = [r for r in rows if isinstance(r, BadRow)]
+            summary.skipped = len(rows) - len(todo) - len(bad)
+            bar = tqdm(total=len(rows), initial=summary.skipped, unit="row", desc="batch", disable=not progress,
+                       dynamic_ncols=True)
 
             def record(result: Mapping[str, Any]) -> None:
                 result = {**result, "finished_at": round(time.time(), 3)}  # when the driver recorded it
@@ -651,16 +657,9 @@ def run(
                 if on_result is not None:
                     on_result(result)
 
-            todo: list[Row] = []
-            for r in rows:
-                if isinstance(r, BadRow):
-                    record({"id": r.id, "row": r.number, "status": "error", "output": None, "outputs": [],
-                            "seed": None, "seconds": 0.0, "error": r.error, "warnings": []})
-                elif log.is_done(r, out):
-                    summary.skipped += 1
-                    bar.update(1)
-                else:
-                    todo.append(r)
+            for b in bad:
+                record({"id": b.id, "row": b.number, "status": "error", "output": None, "outputs": [],
+                        "seed": None, "seconds": 0.0, "error": b.error, "warnings": []})
             units = group_rows(todo, group_size)
             if units:
                 if pool is None or ray is None:
@@ -729,6 +728,7 @@ def _run_ray(batch_ray: Any, units: Sequence[WorkUnit], source: EditorSource, ou
                                      if isinstance(source, (str, os.PathLike)) else source)
 
     def on_done(unit: WorkUnit, results: list[dict[str, Any]]) -> None:
+        unit.files = None  # done: the driver keeps no input bytes it no longer needs
         for res in results:
             pngs = res.pop("png", None)
             if res["status"] == "ok" and pngs is not None:
@@ -742,21 +742,10 @@ def _run_ray(batch_ray: Any, units: Sequence[WorkUnit], source: EditorSource, ou
             record(res)
 
     def on_lost(unit: WorkUnit, error: str) -> None:
+        unit.files = None
         for row in unit.rows:
             record(_result(row, "error", row.seed, 0.0, error=error))
 
-    ready: list[WorkUnit] = []
-    for unit in units:
-        if shared_storage:
-            ready.append(unit)
-            continue
-        problem = _attach_bytes(unit)
-        if problem is None:
-            ready.append(unit)
-        else:
-            on_lost(unit, problem)
-    if not ready:
-        return 0
     work_fn = functools.partial(execute_unit, write_dir=str(out.resolve()) if shared_storage else None)
-    return batch_ray.run_units(ready, factory=factory, work_fn=work_fn, on_done=on_done, on_lost=on_lost,
-                               address=address, workers=workers)
+    return batch_ray.run_units(units, factory=factory, work_fn=work_fn, on_done=on_done, on_lost=on_lost,
+                               address=address, workers=workers, prepare=None if shared_storage else _attach_bytes)

@@ -112,11 +112,14 @@ def run_units(
     address: str = "auto",
     workers: Optional[int] = None,
     max_attempts: int = MAX_ATTEMPTS,
+    prepare: Optional[Callable[[U], Optional[str]]] = None,
 ) -> int:
     """Run ``work_fn(editor, unit)`` for every unit on the pool; return how many were resubmitted.
 
     ``on_done(unit, result)`` is called on the driver as each result arrives; ``on_lost(unit,
     error)`` for a unit that could not be run (its actor died ``max_attempts`` times, or Ray failed it).
+    ``prepare(unit)`` runs on the driver just before a unit's first submission (e.g. to read its
+    input files, so only the units in flight hold them); a returned error string loses the unit.
     """
     started = connect(address)
     actors: list[Any] = []
@@ -146,6 +149,10 @@ def run_units(
             busy = sum(1 for s, a, _, _ in pending.values() if s == slot and a is actors[slot])
             while queue and busy < IN_FLIGHT_PER_WORKER:
                 unit, attempt = queue.popleft()
+                problem = prepare(unit) if prepare is not None and attempt == 1 else None
+                if problem:
+                    on_lost(unit, problem)
+                    continue
                 ref = actors[slot].run.remote(work_fn, unit)
                 pending[ref] = (slot, actors[slot], unit, attempt)
                 busy += 1
