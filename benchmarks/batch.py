@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,13 +52,13 @@ def _cli(args: list[str], timeout: float) -> None:
         raise RuntimeError(f"diffdiff {args[0]} failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
 
 
-def _check(outdir: Path, ids: list[str]) -> list[float]:
-    """Each row ok exactly once with its PNG; the finished_at stamps, sorted."""
+def _check(outdir: Path, ids: list[str]) -> tuple[list[float], float]:
+    """Each row ok exactly once with its PNG; the finished_at stamps (sorted) and the median edit seconds."""
     lines = [json.loads(s) for s in (outdir / "results.jsonl").read_text().splitlines()]
     ok = sorted(r["id"] for r in lines if r["status"] == "ok")
     if ok != sorted(ids) or not all((outdir / f"{i}.png").is_file() for i in ids):
         raise RuntimeError(f"{outdir}: expected one ok line and PNG per row, got {ok}")
-    return sorted(r["finished_at"] for r in lines)
+    return sorted(r["finished_at"] for r in lines), statistics.median(r["seconds"] for r in lines)
 
 
 def _steady(stamps: list[float]) -> float:
@@ -78,7 +79,9 @@ def bench(rows: int, cli_rows: int, size: int, steps: int, timeout: float) -> di
     manifest = work / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     common = ["--model", str(model), "--steps", str(steps)]
-    results: dict[str, Any] = {"rows": rows, "cli_rows": cli_rows, "size": size, "steps": steps, "modes": {}}
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    results: dict[str, Any] = {"rows": rows, "cli_rows": cli_rows, "size": size, "steps": steps, "modes": {},
+                               "load_start": load}
 
     # 1. one CLI call per row (fewer rows: each costs a full start-up)
     out = work / "cli"
@@ -89,7 +92,7 @@ def bench(rows: int, cli_rows: int, size: int, steps: int, timeout: float) -> di
               str(r["seed"]), "-o", str(out / f"{r['id']}.png"), *common], timeout)
     wall = time.perf_counter() - t0
     results["modes"]["cli per row"] = {"rows": cli_rows, "wall_s": wall, "rpm": 60 * cli_rows / wall,
-                                       "steady_rpm": 60 * cli_rows / wall}
+                                       "steady_rpm": 60 * cli_rows / wall, "edit_s": None}
 
     ids = [r["id"] for r in records]
     for name, extra in (("diffdiff batch", []), ("ray, 1 worker", ["--ray", "auto", "--workers", "1"]),
@@ -98,8 +101,9 @@ def bench(rows: int, cli_rows: int, size: int, steps: int, timeout: float) -> di
         t0 = time.perf_counter()
         _cli(["batch", str(manifest), "-o", str(out), *common, *extra], timeout)
         wall = time.perf_counter() - t0
-        stamps = _check(out, ids)
-        results["modes"][name] = {"rows": rows, "wall_s": wall, "rpm": 60 * rows / wall, "steady_rpm": _steady(stamps)}
+        stamps, per_row = _check(out, ids)
+        results["modes"][name] = {"rows": rows, "wall_s": wall, "rpm": 60 * rows / wall, "steady_rpm": _steady(stamps),
+                                  "edit_s": per_row}
     m = results["modes"]
     results["batch_vs_cli"] = m["diffdiff batch"]["rpm"] / m["cli per row"]["rpm"]
     results["ray2_vs_ray1"] = m["ray, 2 workers"]["rpm"] / m["ray, 1 worker"]["rpm"]
@@ -117,13 +121,16 @@ def table(res: dict[str, Any], seconds: float) -> str:
         f"{res['rows']} rows ({res['cli_rows']} for the CLI loop) of {res['size']}x{res['size']} gradient-map edits, "
         f"{res['steps']} steps, tiny random-weight SD; every mode a fresh process, timed end to end (start-up, "
         "Ray start and model loads included). Steady = rows after the first over the time from the first to the "
-        "last result; one CLI call per row has no steady state (each row starts from nothing).",
+        "last result; one CLI call per row has no steady state (each row starts from nothing). Edit s/row = the "
+        "`seconds` of the result lines (the edit alone): when it differs between modes, the machine's load did. "
+        f"Load average at the start: {res['load_start']}.",
         "",
-        "| mode | rows | wall time | rows/min | steady rows/min |",
-        "|---|---|---|---|---|",
+        "| mode | rows | wall time | rows/min | steady rows/min | edit s/row (median) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in res["modes"].items():
-        lines.append(f"| {name} | {r['rows']} | {r['wall_s']:.1f} s | {r['rpm']:.1f} | {r['steady_rpm']:.1f} |")
+        edit = "n/a" if r["edit_s"] is None else f"{r['edit_s']:.2f} s"
+        lines.append(f"| {name} | {r['rows']} | {r['wall_s']:.1f} s | {r['rpm']:.1f} | {r['steady_rpm']:.1f} | {edit} |")
     lines += [
         "",
         f"- `diffdiff batch` / one CLI call per row: {res['batch_vs_cli']:.1f}x the rows per minute (goal >= 3x)",

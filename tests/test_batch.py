@@ -303,6 +303,21 @@ def test_ray_missing_says_how_to_install(inputs: Path, tiny_sd_path: Path, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+def test_model_loaded_once_for_the_batch(inputs: Path, tiny_sd_path: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[str] = []
+    real = diffdiff.Editor.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, model: Any, *a: Any, **kw: Any) -> diffdiff.Editor:
+        loads.append(str(model))
+        return real(cls, model, *a, **kw)
+
+    monkeypatch.setattr(diffdiff.Editor, "from_pretrained", classmethod(counting))
+    rows = [{"image": f"img{i}.png", "map": "map.png", "prompt": "a cat", "steps": 2} for i in range(3)]
+    s = batch.run(rows, tmp_path / "o", str(tiny_sd_path), base_dir=inputs)
+    assert s.done == 3 and loads == [str(tiny_sd_path)]
+
+
 def test_progress_bar_and_no_model_load_when_nothing_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def no_model() -> diffdiff.Editor:
         raise AssertionError("the model must not be loaded when no row can run")
@@ -336,8 +351,13 @@ def ray_cluster() -> Any:
         os.environ["PYTHONPATH"] = old
 
 
-def _dying_editor(model: str, victim: str, marker: str) -> Any:
-    """An editor whose worker process is killed (SIGKILL) the first time any worker edits ``victim``."""
+def _dying_editor(model: str, victim: str, marker: str, loads: str) -> Any:
+    """An editor whose worker process is killed (SIGKILL) the first time any worker edits ``victim``.
+
+    Each load appends the loading process's id to the file ``loads``.
+    """
+    with open(loads, "a") as f:
+        f.write(f"{os.getpid()}\n")
     ed = load_model(model)
     real_edit = ed.edit
 
@@ -364,11 +384,14 @@ def test_ray_two_workers_actor_killed_mid_run(ray_cluster: Any, inputs: Path, ti
     rows.append({"id": "bad", "image": "img0.png", "map": "wide.png", "prompt": "x", "steps": 2, "seed": 9})
     rows.append({"id": "gone", "image": "gone.png", "map": "map.png", "prompt": "x", "steps": 2})  # never sent
     marker = tmp_path / "killed.pid"
-    factory = functools.partial(_dying_editor, str(tiny_sd_path), "prompt 3", str(marker))
+    loads = tmp_path / "loads.txt"
+    factory = functools.partial(_dying_editor, str(tiny_sd_path), "prompt 3", str(marker), str(loads))
     out = tmp_path / "ray"
     s = batch.run(rows, out, factory, base_dir=inputs, ray="auto", workers=2)
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process really died
     assert s.retried >= 1 and (s.done, s.failed) == (6, 2), s
+    pids = loads.read_text().split()
+    assert len(pids) == len(set(pids)) == 3  # the model loaded once per actor: 2 workers + 1 replacement
     lines = _lines(out)
     assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in rows)  # nothing lost, nothing doubled
     assert "aspect ratios differ" in next(r for r in lines if r["id"] == "bad")["error"]
@@ -399,11 +422,14 @@ def test_ray_pool_one_actor_per_gpu_or_n_cpu_workers(ray_cluster: Any, monkeypat
 
 def test_ray_shared_storage_workers_write_by_path(ray_cluster: Any, inputs: Path, tiny_sd_path: Path,
                                                   tmp_path: Path) -> None:
-    rows = [{"id": f"s{i}", "image": f"img{i}.png", "mask": "mask.png", "softness": 2, "prompt": "a cat",
-             "steps": 2, "seed": i} for i in range(2)]
-    rows.append({"id": "missing", "image": "nope.png", "map": "map.png", "prompt": "x", "steps": 2})
-    s = batch.run(rows, tmp_path / "shared", str(tiny_sd_path), base_dir=inputs, ray="auto", workers=1,
-                  shared_storage=True)
-    assert (s.done, s.failed) == (2, 1)
-    assert "does not exist" in s.failures[0][1]
-    assert read_metadata(tmp_path / "shared" / "s1.png")["tool"] == "soft-inpaint"
+    rows = [{"id": f"s{i}", "image": f"img{i}.png", "mask": "mask.png", "prompt": "a cat", "seed": i} for i in range(2)]
+    rows.append({"id": "missing", "image": "nope.png", "map": "map.png", "prompt": "x"})
+    manifest = _write_jsonl(inputs / "shared.jsonl", rows)
+    out = tmp_path / "shared"
+    res = runner.invoke(app, ["batch", str(manifest), "-o", str(out), "--model", str(tiny_sd_path), "--steps", "2",
+                              "--softness", "2", "--ray", "auto", "--workers", "1", "--shared-storage"])
+    assert res.exit_code == 1, res.output
+    assert "batch: 2 done, 1 failed, 0 skipped (done before) of 3 rows" in res.output
+    assert "failed: missing: image file" in res.output and "does not exist" in res.output
+    meta = read_metadata(out / "s1.png")
+    assert meta["tool"] == "soft-inpaint" and meta["softness"] == 2.0 and meta["seed"] == 1
