@@ -261,6 +261,7 @@ class _UnetCalls:
         self._h.remove()
 
 
+@pytest.mark.filterwarnings("ignore::diffdiff.DiffDiffWarning")
 def test_group_size_one_call_per_row_unless_same_seedless_edit(inputs: Path, sd_editor: diffdiff.Editor,
                                                                tmp_path: Path) -> None:
     steps, cfg = 2, 2  # the tiny SD model runs classifier-free guidance: 2 UNet rows per image
