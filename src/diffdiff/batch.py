@@ -620,7 +620,7 @@ def run(
     """
     t0 = time.perf_counter()
     if ray is None and (workers is not None or shared_storage):
-        raise DiffDiffError("workers and shared_storage go with ray (e.g. --ray auto)")
+        raise DiffDiffError("workers (--workers) and shared storage (--shared-storage) go with ray (--ray auto|ADDRESS)")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise DiffDiffError(f"group_size must be a positive integer, got {group_size!r}")
     pool = _ray_pool() if ray is not None else None  # fails first, in one line, without ray installed

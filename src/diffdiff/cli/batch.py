@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from .common import err, info, load_editor, run_command
-from .edit import MODEL_HELP, _config_kw
+from .edit import MODEL_HELP
 
 #: How many failed rows the command lists before the summary line (all are in results.jsonl).
 SHOW_FAILURES = 10
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                 "encode_strength": encode_strength,
             }
             defaults = {k: v for k, v in given.items() if v is not None}
-            config = _config_kw(model_config)
+            config = _model_config_kw(model_config)
             if ray is None:
                 def source() -> Any:  # loaded only if some row still has to run
                     ed = load_editor(model, None, device, dtype, **config)
@@ -93,3 +93,10 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
 
         run_command(body)
+
+
+def _model_config_kw(model_config: Optional[str]) -> dict[str, str]:
+    """--model-config as ``diffdiff edit`` reads it: a .yaml is the original (LDM) config, else a diffusers folder or hub id."""
+    if not model_config:
+        return {}
+    return {"original_config" if model_config.endswith((".yaml", ".yml")) else "config": model_config}
