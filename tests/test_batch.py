@@ -434,3 +434,27 @@ def test_ray_shared_storage_workers_write_by_path(ray_cluster: Any, inputs: Path
     assert "failed: missing: image file" in res.output and "does not exist" in res.output
     meta = read_metadata(out / "s1.png")
     assert meta["tool"] == "soft-inpaint" and meta["softness"] == 2.0 and meta["seed"] == 1
+
+
+def _no_model() -> str:
+    return "no model"
+
+
+def _die_on_poison(editor: str, unit: str) -> str:
+    if unit == "poison":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"{editor}: {unit}"
+
+
+def test_ray_pool_gives_up_on_a_unit_that_always_kills_its_worker(ray_cluster: Any) -> None:
+    from diffdiff import batch_ray
+
+    done: list[tuple[str, str]] = []
+    lost: list[tuple[str, str]] = []
+    retried = batch_ray.run_units(["a", "poison", "b", "c"], factory=_no_model, work_fn=_die_on_poison,
+                                  on_done=lambda u, r: done.append((u, r)), on_lost=lambda u, e: lost.append((u, e)),
+                                  workers=1, max_attempts=2)
+    assert sorted(done) == [("a", "no model: a"), ("b", "no model: b"), ("c", "no model: c")]
+    assert lost == [("poison", "a Ray worker died 2 times running this row")]
+    assert retried >= 1
+    assert batch_ray.MAX_ATTEMPTS == 3  # the README's number

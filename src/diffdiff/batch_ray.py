@@ -146,19 +146,31 @@ def run_units(
         pending: dict[Any, tuple[int, Any, U, int]] = {}  # ref -> (slot, actor, unit, attempt)
 
         def fill(slot: int) -> None:
-            busy = sum(1 for s, a, _, _ in pending.values() if s == slot and a is actors[slot])
-            while queue and busy < IN_FLIGHT_PER_WORKER:
-                unit, attempt = queue.popleft()
+            """Keep the actor busy. A retried unit runs alone: if its actor dies again, the unit is the
+            cause, and a unit that kills its worker takes at most one innocent neighbour down, once."""
+            mine = [att for s, a, _, att in pending.values() if s == slot and a is actors[slot]]
+            if any(att > 1 for att in mine):
+                return
+            while queue and len(mine) < IN_FLIGHT_PER_WORKER:
+                unit, attempt = queue[0]
+                if attempt > 1 and mine:
+                    return  # wait until this actor is idle
+                queue.popleft()
                 problem = prepare(unit) if prepare is not None and attempt == 1 else None
                 if problem:
                     on_lost(unit, problem)
                     continue
                 ref = actors[slot].run.remote(work_fn, unit)
                 pending[ref] = (slot, actors[slot], unit, attempt)
-                busy += 1
+                mine.append(attempt)
+                if attempt > 1:
+                    return
 
-        for slot in range(len(actors)):
-            fill(slot)
+        def fill_all() -> None:
+            for slot in range(len(actors)):
+                fill(slot)
+
+        fill_all()
         retried = 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -177,15 +189,17 @@ def run_units(
                 else:
                     queue.appendleft((unit, attempt + 1))
                     retried += 1
-                fill(slot)
+                fill_all()
                 continue
             except RayTaskError as exc:
                 text = str(exc.cause if getattr(exc, "cause", None) else exc).strip().splitlines()
                 on_lost(unit, f"the Ray task failed: {text[-1] if text else type(exc).__name__}")
-                fill(slot)
+                fill_all()
                 continue
             on_done(unit, result)
-            fill(slot)
+            fill_all()
+        for unit, _ in queue:  # cannot happen (an idle actor always takes the next unit); never drop one silently
+            on_lost(unit, "not run: no Ray worker took it")
         return retried
     finally:
         for actor in actors:
