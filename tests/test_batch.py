@@ -421,6 +421,24 @@ def test_ray_pool_one_actor_per_gpu_or_n_cpu_workers(ray_cluster: Any, monkeypat
     assert batch_ray.plan_workers(3) == [(4, 0)] * 3  # 5 each would not fit three on two 8-CPU nodes
 
 
+def test_ray_connect_auto_address_and_errors(ray_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffdiff import batch_ray
+
+    assert batch_ray.connect("auto") is False  # already initialised (the fixture): used as it is
+    calls: list[Any] = []
+    monkeypatch.setattr(batch_ray.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(batch_ray.ray, "init", lambda address=None, **kw: calls.append(address))
+    assert batch_ray.connect("auto") is True and batch_ray.connect("10.0.0.5:6379") is True
+    assert calls == [None, "10.0.0.5:6379"]  # auto: ray.init() without an address
+
+    def refuse(address: Any = None, **kw: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance.\nmore detail")
+
+    monkeypatch.setattr(batch_ray.ray, "init", refuse)
+    with pytest.raises(diffdiff.DiffDiffError, match=r"^cannot connect to the Ray cluster at 'x:1': Could not find any running Ray instance\.$"):
+        batch_ray.connect("x:1")
+
+
 def test_ray_shared_storage_workers_write_by_path(ray_cluster: Any, inputs: Path, tiny_sd_path: Path,
                                                   tmp_path: Path) -> None:
     rows = [{"id": f"s{i}", "image": f"img{i}.png", "mask": "mask.png", "prompt": "a cat", "seed": i} for i in range(2)]
