@@ -117,10 +117,6 @@ class WorkUnit:
     #: file path -> contents, when inputs travel as bytes (Ray without shared storage)
     files: Optional[dict[str, bytes]] = None
 
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.rows]
-
 
 def _coerce(name: str, value: Any, from_text: bool) -> Any:
     """The value of field ``name`` as its type; CSV cells arrive as text."""
@@ -283,10 +279,10 @@ def read_manifest(path: str | os.PathLike[str]) -> list[tuple[Mapping[str, Any] 
 def build_rows(records: Sequence[tuple[Mapping[str, Any] | DiffDiffError, bool]], base_dir: Path,
                defaults: Mapping[str, Any] | None = None) -> list[Row | BadRow]:
     """Validate every record; bad ones become :class:`BadRow` (so the run goes on without them)."""
-    defaults = dict(defaults or {})
-    unknown = set(defaults) - set(FIELDS)
+    unknown = set(defaults or {}) - set(FIELDS)
     if unknown:
         raise DiffDiffError(f"unknown default(s): {', '.join(sorted(unknown))}")
+    defaults = {k: _coerce(k, v, False) for k, v in (defaults or {}).items() if v is not None}
     rows: list[Row | BadRow] = []
     owners: dict[str, str] = {}  # output file name -> id of the row writing it
     ids: dict[str, int] = {}
@@ -553,7 +549,8 @@ def _write_bytes_atomic(data: bytes, path: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(outdir: Path) -> Iterator[None]:
-    """Refuse a second run writing to the same folder; remove temp files a killed run left."""
+    """Refuse a second run writing to the same folder; remove temp files a killed writer left
+    (a killed run, or a Ray worker killed while writing to shared storage), before and after."""
     fh = open(outdir / LOCK_FILE, "a")  # noqa: SIM115
     try:
         if fcntl is not None:
@@ -561,12 +558,17 @@ def _locked(outdir: Path) -> Iterator[None]:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 raise DiffDiffError(f"another diffdiff batch run is writing to '{outdir}'") from None
-        for stale in outdir.glob(".*.png.*.tmp"):  # save_png_atomic's temp names; we hold the lock
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        _remove_temp_files(outdir)
         yield
+        _remove_temp_files(outdir)
     finally:
         fh.close()
+
+
+def _remove_temp_files(outdir: Path) -> None:
+    for stale in outdir.glob(".*.png.*.tmp"):  # the temp names of save_png_atomic; we hold the lock
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _prepare_outdir(outdir: str | os.PathLike[str]) -> Path:
