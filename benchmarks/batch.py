@@ -122,7 +122,8 @@ def table(res: dict[str, Any], seconds: float) -> str:
         f"{res['steps']} steps, tiny random-weight SD; every mode a fresh process, timed end to end (start-up, "
         "Ray start and model loads included). Steady = rows after the first over the time from the first to the "
         "last result; one CLI call per row has no steady state (each row starts from nothing). Edit s/row = the "
-        "`seconds` of the result lines (the edit alone): when it differs between modes, the machine's load did. "
+        "`seconds` of the result lines (the edit alone, the same code in every mode): compare it across modes before "
+        "comparing their rates. "
         f"Load average at the start: {res['load_start']}.",
         "",
         "| mode | rows | wall time | rows/min | steady rows/min | edit s/row (median) |",
