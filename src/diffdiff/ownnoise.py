@@ -1,0 +1,309 @@
+"""Our own img2img for any diffusers pipeline that takes ``latents=``, through the scheduler seam.
+
+Text-to-image pipelines (PixArt, Sana, Lumina2, CogView4, HunyuanDiT, Kandinsky 3, Qwen-Image,
+Chroma, Flux, SD3...) and instruction-edit pipelines (Flux Kontext) have no ``strength``. Every
+diffusers pipeline, though, calls ``scheduler.set_timesteps`` once and ``scheduler.step`` after
+each model evaluation. :class:`ScheduleSeam` wraps those two methods for one pipeline call:
+
+* ``set_timesteps``: the schedule is truncated to the strength's start (the pipeline runs only the
+  last L steps, diffusers' ``get_timesteps`` rule), and the start latents are written into the
+  ``latents=`` tensor the pipeline was given: the encoded image (:class:`diffdiff.layouts.LatentCodec`)
+  noised to the first kept step with the scheduler's own ``add_noise`` / ``scale_noise`` and noise
+  drawn from the user's generator, in the same order as the img2img siblings draw it. Writing at
+  this moment, not before the call, lets the pipeline compute its own schedule first (Flux's
+  resolution-dependent shift).
+* ``step``: the first call checks that the pipeline really started from those latents (a pipeline
+  that copied them before scheduling is refused in one line, never silently run from noise).
+  When the pipeline has no ``callback_on_step_end`` (PixArt), the change-map blend
+  (:class:`diffdiff.hook.DifferentialStep`) runs here after each step; otherwise it runs in the
+  callback, as for the img2img families. Both routes apply the same hook to the same latents.
+
+The result: where a pipeline has an img2img sibling (SD, SD3, Flux, Qwen-Image, Chroma), our
+own noising reproduces the sibling's latents for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .errors import DiffDiffError
+from .hook import DifferentialStep, NoiseCapture, Reference
+from .layouts import LatentCodec
+
+#: Scheduler noising formulas we know how to call, by method name.
+NOISE_METHODS = ("add_noise", "scale_noise")
+
+
+def noise_method(scheduler: Any) -> Optional[str]:
+    """``add_noise`` (DDPM family), ``scale_noise`` (flow matching) or None (neither: SCM, TCD-like)."""
+    for name in ("scale_noise", "add_noise"):
+        if callable(getattr(scheduler, name, None)):
+            return name
+    return None
+
+
+def start_step(num_inference_steps: int, strength: float, flow: bool) -> int:
+    """Full steps skipped at the start: diffusers' img2img ``get_timesteps`` rules.
+
+    DDPM-family pipelines cut ``int(N * s)`` steps; flow-matching pipelines cut with a float product
+    (10 steps at 0.7 run 8). Mirrors both exactly.
+    """
+    if flow:
+        init = min(num_inference_steps * strength, num_inference_steps)
+        return int(max(num_inference_steps - init, 0))
+    init = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - init, 0)
+
+
+def truncate_schedule(scheduler: Any, skip_full_steps: int) -> None:
+    """Drop the first ``skip_full_steps`` full steps from ``timesteps`` (and ``sigmas``, kept aligned)."""
+    order = int(getattr(scheduler, "order", 1))
+    k = skip_full_steps * order
+    times = scheduler.timesteps
+    n = len(times)
+    if k >= n:
+        raise DiffDiffError("the strength leaves no denoising step: raise strength or steps")
+    if k == 0:
+        return
+    scheduler.timesteps = times[k:]
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) in (n, n + 1):
+        scheduler.sigmas = sigmas[k:]
+
+
+_UNIT_SIGMA: dict[type, type] = {}
+
+
+def _unit_sigma_class(cls: type) -> type:
+    """``cls`` with ``init_noise_sigma`` = 1 (same name; cached per class)."""
+    if cls not in _UNIT_SIGMA:
+        _UNIT_SIGMA[cls] = type(cls.__name__, (cls,), {"init_noise_sigma": 1.0, "__module__": cls.__module__,
+                                                        "__qualname__": cls.__qualname__})
+    return _UNIT_SIGMA[cls]
+
+
+def _forward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
+
+
+_STEP_NAMES = ("model_output", "timestep", "sample")
+
+
+@dataclass
+class ScheduleSeam:
+    """Context manager: own img2img noising and the change-map blend for ONE pipeline call.
+
+    ``clean`` (1 or B, C, h, w) are the normalised image latents, ``noise`` (B, C, h, w) the noise,
+    ``latents`` the tensor passed as the pipeline's ``latents=`` (in its layout; filled here).
+    ``hook`` is the change-map blend; ``blend_in_step`` runs it from ``scheduler.step`` for
+    pipelines without ``callback_on_step_end``.
+    """
+
+    pipe: Any
+    codec: LatentCodec
+    method: str
+    skip_full_steps: int
+    clean: torch.Tensor
+    noise: torch.Tensor
+    latents: torch.Tensor
+    hook: Optional[DifferentialStep] = None
+    blend_in_step: bool = False
+    #: filled in: the start latents on the grid, step calls made, set_timesteps calls seen
+    start: Optional[torch.Tensor] = None
+    steps_called: int = 0
+    schedules: int = 0
+    _originals: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    _class: Optional[type] = None
+    _sigma_attr: Any = None
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    def capture(self) -> NoiseCapture:
+        """A :class:`NoiseCapture` holding our reference (for :class:`DifferentialStep`)."""
+        cap = NoiseCapture(self.scheduler, self.method)
+        cap.reference = Reference(clean=self.clean, noise=self.noise)
+        return cap
+
+    # the wrapped scheduler methods -----------------------------------------------------------------
+    def _set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._originals["set_timesteps"](*args, **kwargs)
+        self.schedules += 1
+        truncate_schedule(self.scheduler, self.skip_full_steps)
+        first = self.scheduler.timesteps[:1].repeat(self.noise.shape[0])
+        noising = getattr(self.scheduler, self.method)
+        clean = self.clean.expand_as(self.noise) if self.clean.shape[0] != self.noise.shape[0] else self.clean
+        if self.method == "scale_noise":
+            start = noising(clean, first, self.noise)
+        else:
+            start = noising(clean, self.noise, first)
+        self.start = start
+        packed = self.codec.layout.from_grid(start).to(self.latents.dtype)
+        if packed.shape != self.latents.shape:
+            raise DiffDiffError(f"{type(self.pipe).__name__}: start latents of shape {tuple(packed.shape)} do not fit "
+                                f"the latents it takes {tuple(self.latents.shape)}")
+        with torch.no_grad():
+            # set_ (not copy_) keeps the start's memory layout too: the VAE's channels-last output
+            # goes on into the denoiser exactly as in the img2img sibling (bit-identical results).
+            self.latents.set_(packed.detach().clone(memory_format=torch.preserve_format))
+        return out
+
+    def _step(self, *args: Any, **kwargs: Any) -> Any:
+        bound = dict(zip(_STEP_NAMES, args))
+        bound.update({k: v for k, v in kwargs.items() if k in _STEP_NAMES})
+        if self.steps_called == 0:
+            self._check_start(bound.get("sample"))
+        index = self.steps_called
+        self.steps_called += 1
+        out = self._originals["step"](*args, **kwargs)
+        if not self.blend_in_step or self.hook is None:
+            return out
+        prev = out[0] if isinstance(out, tuple) else out.prev_sample
+        mixed = self.hook(self.pipe, index, bound.get("timestep"), {"latents": prev})["latents"]
+        if isinstance(out, tuple):
+            return (mixed, *out[1:])
+        out.prev_sample = mixed
+        return out
+
+    def _check_start(self, sample: Any) -> None:
+        if self.start is None:
+            raise DiffDiffError(f"{type(self.pipe).__name__} never called scheduler.set_timesteps before its "
+                                "first step; diffdiff cannot noise the image for it")
+        expected = self.codec.layout.from_grid(self.start)
+        ok = isinstance(sample, torch.Tensor) and sample.numel() == expected.numel() and torch.allclose(
+            sample.reshape(expected.shape).float(), expected.to(sample.device).float(), rtol=1e-3, atol=1e-3)
+        if not ok:
+            raise DiffDiffError(f"{type(self.pipe).__name__} did not start from the latents= it was given "
+                                "(it copies or rescales them); diffdiff cannot drive it: register an adapter "
+                                "(diffdiff.adapters.register_adapter)")
+
+    def __enter__(self) -> ScheduleSeam:
+        sched = self.scheduler
+        # Pipelines multiply given latents by init_noise_sigma (Euler: sigma_max): our start is
+        # already at the right scale, and dividing first would cost an ulp per value. So for this
+        # call the scheduler reports 1 (a property on some classes: a same-named subclass does it).
+        self._class = type(sched)
+        if isinstance(getattr(self._class, "init_noise_sigma", None), property):
+            sched.__class__ = _unit_sigma_class(self._class)
+        elif "init_noise_sigma" in vars(sched):
+            self._sigma_attr = vars(sched)["init_noise_sigma"]
+            sched.init_noise_sigma = 1.0
+        for name, fn in (("set_timesteps", self._set_timesteps), ("step", self._step)):
+            original = getattr(sched, name)
+            self._originals[name] = original
+            # wraps(): pipelines inspect set_timesteps' signature for ``sigmas`` / ``timesteps``.
+            setattr(sched, name, functools.wraps(original)(_forward(fn)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self._originals:
+            try:
+                delattr(self.scheduler, name)  # the class method shows through again
+            except AttributeError:
+                pass
+        self._originals.clear()
+        sched = self.scheduler
+        if self._class is not None:
+            sched.__class__ = self._class
+        if self._sigma_attr is not None:
+            sched.init_noise_sigma = self._sigma_attr
+            self._sigma_attr = None
+
+
+def draw_start(codec: LatentCodec, image: Any, num_images: int, generator: torch.Generator, device: Any,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean (B, C, h, w), noise (B, C, h, w)) drawn in the img2img siblings' order.
+
+    The posterior sample comes first (batch 1, then repeated), then one noise tensor for the batch,
+    both from ``generator`` (``diffusers.utils.torch_utils.randn_tensor``, as the pipelines draw it).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    clean = codec.encode(image, generator, device, dtype)
+    clean = torch.cat([clean] * num_images) if num_images > 1 else clean
+    noise = randn_tensor(tuple(clean.shape), generator=generator, device=torch.device(device), dtype=dtype)
+    return clean, noise
+
+
+def _call_parameters(pipe: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(pipe.__call__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def blends_in_callback(pipe: Any) -> bool:
+    """True when the pipeline's ``callback_on_step_end`` hands us its ``latents``."""
+    return "callback_on_step_end" in _call_parameters(pipe) and "latents" in getattr(pipe, "_callback_tensor_inputs", [])
+
+
+@dataclass
+class OwnRun:
+    """What one own-noising call did (for run info, tests and debugging)."""
+
+    output: Any
+    hook: DifferentialStep
+    seam: ScheduleSeam
+
+
+def run_own_img2img(
+    pipe: Any,
+    image: Any,
+    change: torch.Tensor,
+    kwargs: dict[str, Any],
+    strength: float,
+    num_inference_steps: int,
+    num_images: int,
+    generator: torch.Generator,
+    output_type: str = "np",
+    trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+) -> OwnRun:
+    """Run ``pipe`` (a pipeline taking ``latents=``) as a Differential Diffusion img2img edit.
+
+    ``image`` is the PIL input at the work size, ``change`` the map on the latent grid (1, 1, h, w),
+    ``kwargs`` the pipeline's own arguments (prompt, guidance, size...; ``latents``, ``output_type``,
+    ``num_inference_steps`` and the callback are set here). Output: ``output_type`` "latent" gives
+    the pipeline's latents, anything else the pipeline's "np" images.
+    """
+    method = noise_method(pipe.scheduler)
+    if method is None:
+        raise DiffDiffError(f"{type(pipe).__name__}'s scheduler {type(pipe.scheduler).__name__} has neither "
+                            "add_noise nor scale_noise: diffdiff cannot noise the image to a start step for it")
+    codec = LatentCodec.of(pipe)
+    dtype = getattr(codec.vae, "dtype", torch.float32)
+    device = getattr(pipe, "_execution_device", None) or pipe.device
+    clean, noise = draw_start(codec, image, num_images, generator, device, dtype)
+    h, w = clean.shape[-2:]
+    latents = torch.zeros_like(codec.layout.from_grid(noise))
+    skip = start_step(num_inference_steps, strength, flow=method == "scale_noise")
+    seam = ScheduleSeam(pipe=pipe, codec=codec, method=method, skip_full_steps=skip, clean=clean, noise=noise,
+                        latents=latents)
+    hook = DifferentialStep(
+        change=change.to(device), capture=seam.capture(), trajectory=trajectory,
+        unpack=lambda x: codec.layout.to_grid(x, h, w), pack=codec.layout.from_grid,
+    )
+    seam.hook = hook
+    call = dict(kwargs, latents=latents, num_inference_steps=num_inference_steps, generator=generator,
+                num_images_per_prompt=num_images,
+                output_type="latent" if output_type == "latent" else "np")
+    if blends_in_callback(pipe):
+        call.update(callback_on_step_end=hook, callback_on_step_end_tensor_inputs=["latents"])
+    else:
+        seam.blend_in_step = True
+    with torch.inference_mode(), seam:
+        result = pipe(**call)
+    images = result.images if hasattr(result, "images") else result[0]
+    if output_type == "latent":
+        images = codec.layout.to_grid(images, h, w)
+    return OwnRun(output=images, hook=hook, seam=seam)
