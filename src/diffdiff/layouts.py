@@ -6,7 +6,7 @@ layouts, told apart from the pipeline's components, never from its class name:
 * ``grid``: plain 4-D ``(B, C, h, w)`` (UNets, SD3, PixArt, Sana, Lumina2, CogView4, HunyuanDiT...).
 * ``packed``: 2x2 patches packed into a token sequence ``(B, h/2 * w/2, 4C)`` (Flux, Chroma,
   Flux Kontext, Qwen-Image). Recognised by a denoiser whose ``in_channels`` is four times the
-  VAE's latent channels with no patch embedding of its own.
+  VAE's latent channels (SD3 and PixArt patchify inside: their ``in_channels`` equals the VAE's).
 * the VAE's *frame axis*: video-style autoencoders (Qwen-Image's, Wan's) take and give 5-D
   ``(B, C, T, h, w)`` tensors; images are one frame. Recognised from the VAE's config
   (``temperal_downsample`` / ``z_dim``).
@@ -106,8 +106,7 @@ def detect_layout(pipe: Any) -> LatentLayout:
     if vae is None or denoiser is None:
         return GRID
     in_ch = _cfg(denoiser, "in_channels", None)
-    patch = _cfg(denoiser, "patch_size", 1)
-    if in_ch is not None and int(in_ch) == 4 * latent_channels(vae) and int(patch or 1) == 1:
+    if in_ch is not None and int(in_ch) == 4 * latent_channels(vae):
         return PACKED
     return GRID
 

@@ -243,6 +243,21 @@ def _call_parameters(pipe: Any) -> set[str]:
         return set()
 
 
+#: Arguments that would make a pipeline resize or re-bin our work size, and the value that keeps it.
+_SIZE_KEEPERS: dict[str, Any] = {"use_resolution_binning": False, "_auto_resize": False}
+
+
+def size_kwargs(pipe: Any, width: int, height: int) -> dict[str, Any]:
+    """``height``/``width`` plus whatever keeps the pipeline at exactly that size (PixArt's resolution
+    binning, Kontext's preferred resolutions and ``max_area``), for the arguments it accepts."""
+    params = _call_parameters(pipe)
+    kw: dict[str, Any] = {k: v for k, v in (("height", height), ("width", width)) if k in params}
+    kw.update({k: v for k, v in _SIZE_KEEPERS.items() if k in params})
+    if "max_area" in params:
+        kw["max_area"] = width * height
+    return kw
+
+
 def blends_in_callback(pipe: Any) -> bool:
     """True when the pipeline's ``callback_on_step_end`` hands us its ``latents``."""
     return "callback_on_step_end" in _call_parameters(pipe) and "latents" in getattr(pipe, "_callback_tensor_inputs", [])
