@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import timings  # noqa: E402  # type: ignore[import-not-found]
+from harness import timings  # noqa: E402  # type: ignore[import-not-found]
 
 
 def bench_fan(editor: Any, columns: int = 5, repeats: int = 3, steps: int = 10, size: int = 512) -> dict[str, Any]:

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-# run.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
-from run import HERE, PROMPT, machine  # same machine line as the main benchmark table
+# harness.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
+from harness import HERE, PROMPT, machine  # same machine line as the main benchmark table
 
 HEADING = "## Big images"
 MIB = 2**20

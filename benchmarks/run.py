@@ -17,33 +17,33 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# OpenMP threads spin while waiting by default; on a shared machine (more runnable threads than
-# cores) that made a 0.2 s edit take 2-15 s here. Passive waiting keeps timings stable. It must be
-# set before torch loads OpenMP, hence here; subprocesses inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  # type: ignore[import-not-found]
+    HERE,
+    PROMPT,
+    machine,
+    plain_img2img,
+    quartiles,
+    quiet,
+    secs,
+    side_by_side,
+    threads,
+    timings,
+)
 
-HERE = Path(__file__).resolve().parent
-PROMPT = "a watercolour fox"
 
-
-# measurement ----------------------------------------------------------------------------------------
+# the table ------------------------------------------------------------------------------------------
 @dataclass
 class Row:
     """One line of the table: ``ours`` vs ``base`` (seconds or MiB) and their ratio against a goal."""
@@ -76,70 +76,6 @@ class Report:
 def _fmt_row(r: Row) -> str:
     ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
     return f"| {r.name} | {r.setting} | {r.ours} | {r.base} | {ratio} | {r.goal} |"
-
-
-def timings(fns: list[Callable[[], Any]], reps: int, warmup: bool = True) -> list[list[float]]:
-    """Seconds per call of each function, interleaved: every repetition runs all of them, in an
-    order rotated each time (A B C, B C A, ...) so no side always goes first."""
-    if warmup:
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for i in range(reps):
-        for j in range(len(fns)):
-            k = (i + j) % len(fns)
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def side_by_side(a: Callable[[], Any], b: Callable[[], Any], reps: int, warmup: bool = True) -> tuple[float, float, float]:
-    """Median seconds of ``a`` and ``b`` and the median per-pair ratio a/b (interleaved, warmed up)."""
-    ta, tb = timings([a, b], reps, warmup)
-    ratio = statistics.median(x / y for x, y in zip(ta, tb))
-    return statistics.median(ta), statistics.median(tb), ratio
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """First and third quartile (the spread of per-pair ratios: how noisy the machine was)."""
-    if len(values) < 4:
-        return min(values), max(values)
-    q = statistics.quantiles(values, n=4)
-    return q[0], q[2]
-
-
-def plain_img2img(ed: Any, img: Any, steps: int, width: int, height: int) -> Callable[[], Any]:
-    """The baseline: the editor's own pipeline called as plain diffusers img2img (same seed, steps, size)."""
-    import torch
-
-    def plain() -> Any:
-        gen = torch.Generator().manual_seed(3)
-        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, width, height)
-        with torch.inference_mode():
-            return ed.pipe(**kw, output_type="pil").images
-
-    return plain
-
-
-def _secs(x: float) -> str:
-    return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
-
-
-# setup ------------------------------------------------------------------------------------------------
-def _threads(n: Optional[int] = None) -> None:
-    import torch
-
-    n = n or int(os.environ.get("DIFFDIFF_BENCH_THREADS", "0")) or max(1, min(2, os.cpu_count() or 1))
-    os.environ["DIFFDIFF_BENCH_THREADS"] = str(n)  # memory subprocesses use the same count
-    torch.set_num_threads(n)
-
-
-def _quiet() -> None:
-    from diffdiff.cli.common import quiet_third_party
-
-    quiet_third_party(True)
-    warnings.filterwarnings("ignore")
 
 
 def build_families(root: Path, names: list[str], report: Report) -> dict[str, Any]:
@@ -203,7 +139,7 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
         # how much); timing our own code directly gives the overhead without the noise.
         report.add(Row("edit / img2img", f"{name} {w}x{h}, {steps} steps ({calls}; pair ratios {lo:.3f}-{hi:.3f}; "
                        f"our code {own:.1f} ms = {own / 1000 / base:.1%})",
-                       _secs(statistics.median(ta)), _secs(base), statistics.median(ratios), "<= 1.02"))
+                       secs(statistics.median(ta)), secs(base), statistics.median(ratios), "<= 1.02"))
 
 
 def model_calls(ed: Any, fn: Callable[[], Any]) -> dict[str, int]:
@@ -282,10 +218,10 @@ def bench_fan_section(ed: Any, size: int, steps: int, reps: int, report: Report)
     k = 5
     r = bench_fan(ed, columns=k, repeats=reps, steps=steps, size=size)
     report.add(Row("fan / k edits", f"k={k}, sd {size}x{size}, {steps} steps, skip_frozen (model work "
-                   f"{r['work_ratio']:.2f} of the separate edits')", _secs(r["fan_s"]), _secs(r["separate_s"]),
+                   f"{r['work_ratio']:.2f} of the separate edits')", secs(r["fan_s"]), secs(r["separate_s"]),
                    r["ratio"], f"<= {r['goal']:.2f}"))
     report.add(Row("fan / k edits", f"k={k}, same, --full-frame (step-count bound {r['step_ratio']:.2f})",
-                   _secs(r["fan_full_frame_s"]), _secs(r["separate_s"]), r["ratio_full_frame"], "(comparison)"))
+                   secs(r["fan_full_frame_s"]), secs(r["separate_s"]), r["ratio_full_frame"], "(comparison)"))
 
 
 def bench_skip(ed: Any, size: int, steps: int, reps: int, report: Report) -> None:
@@ -315,10 +251,10 @@ def bench_skip(ed: Any, size: int, steps: int, reps: int, report: Report) -> Non
     ts, te, tp = timings([skip, edit, plain], reps)
     work = sum(fractions) / max(1, len(fractions))
     report.add(Row("skip_frozen edit / img2img", f"soft-inpaint {q}x{q} hole on {size}² (sd, {steps} steps, "
-                   f"model on {work:.0%} of the grid-steps)", _secs(statistics.median(ts)),
-                   _secs(statistics.median(tp)), statistics.median(a / b for a, b in zip(ts, tp)), "< 1 (below the floor)"))
-    report.add(Row("edit / img2img", f"same map, full frame (sd {size}², {steps} steps)", _secs(statistics.median(te)),
-                   _secs(statistics.median(tp)), statistics.median(a / b for a, b in zip(te, tp)), "<= 1.02"))
+                   f"model on {work:.0%} of the grid-steps)", secs(statistics.median(ts)),
+                   secs(statistics.median(tp)), statistics.median(a / b for a, b in zip(ts, tp)), "< 1 (below the floor)"))
+    report.add(Row("edit / img2img", f"same map, full frame (sd {size}², {steps} steps)", secs(statistics.median(te)),
+                   secs(statistics.median(tp)), statistics.median(a / b for a, b in zip(te, tp)), "<= 1.02"))
 
 
 def bench_crop(ed: Any, size: int, spot: int, steps: int, reps: int, report: Report, warmup: bool = True) -> None:
@@ -344,7 +280,7 @@ def bench_crop(ed: Any, size: int, spot: int, steps: int, reps: int, report: Rep
     tc, tf, ratio = side_by_side(crop, full, reps, warmup)
     bw, bh = box[2] - box[0], box[3] - box[1]
     report.add(Row("crop / full frame", f"{spot}² change on {size}² ({ed.family}, box {bw}x{bh}, {steps} steps)",
-                   _secs(tc), _secs(tf), ratio, "<= 0.333 (>= 3x faster)"))
+                   secs(tc), secs(tf), ratio, "<= 0.333 (>= 3x faster)"))
 
 
 def _child_cmd(model: Path, mode: str, size: int, steps: int) -> list[str]:
@@ -364,8 +300,8 @@ def child_main(mode: str, model: str, size: int, steps: int) -> None:
     import psutil
     import torch
 
-    _threads()
-    _quiet()
+    threads()
+    quiet()
     from diffdiff import Editor
     from diffdiff.testing import gradient_map, sample_image
 
@@ -382,7 +318,9 @@ def child_main(mode: str, model: str, size: int, steps: int) -> None:
         ed.edit(img, cmap, PROMPT, num_inference_steps=steps, seed=3)
     else:
         gen = torch.Generator().manual_seed(3)
-        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, size, size)
+        from diffdiff.request import EditRequest
+
+        kw = ed.adapter.call_kwargs(img, EditRequest(PROMPT, num_inference_steps=steps), gen, (size, size))
         with torch.inference_mode():
             ed.pipe(**kw, output_type="pil")
     seconds = time.perf_counter() - t0
@@ -417,7 +355,7 @@ def memory_per_resolution(model: Path, sizes: list[int], steps: int, report: Rep
             report.note(f"memory at {size}²: failed ({exc})")
             continue
         report.memory_table.append((f"{size}x{size}", f"{res['extra'] / 2**20:.0f} MiB",
-                                    "on" if res["tiled"] else "off", _secs(res["seconds"])))
+                                    "on" if res["tiled"] else "off", secs(res["seconds"])))
         print(f"memory {size}: {report.memory_table[-1]}", flush=True)
 
 
@@ -522,7 +460,7 @@ def bench_real_cpu(root: Path, size: int, steps: int, reps: int, report: Report)
     report.add(Row("edit / img2img", f"SD 1.5 architecture (860M UNet, random fp32), {size}², {steps} steps, CPU "
                    f"(pair ratios {lo:.3f}-{hi:.3f}; our code {own:.1f} ms = "
                    f"{own / 1000 / statistics.median(tb):.2%})",
-                   _secs(statistics.median(ta)), _secs(statistics.median(tb)), statistics.median(ratios), "<= 1.02"))
+                   secs(statistics.median(ta)), secs(statistics.median(tb)), statistics.median(ratios), "<= 1.02"))
 
 
 def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
@@ -546,7 +484,9 @@ def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
 
     def plain() -> Any:
         gen = torch.Generator().manual_seed(3)
-        kw = ed.adapter.call_kwargs(img, PROMPT, None, steps, None, 1.0, 1, gen, 1024, 1024)
+        from diffdiff.request import EditRequest
+
+        kw = ed.adapter.call_kwargs(img, EditRequest(PROMPT, num_inference_steps=steps), gen, (1024, 1024))
 
         def stamp(p: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize()
@@ -561,34 +501,13 @@ def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
     ta, tb, ratio = side_by_side(edit, plain, reps)
     gaps = [b - a for a, b in zip(stamps, stamps[1:]) if 0 < b - a < 10]
     name = torch.cuda.get_device_name()
-    report.add(Row("GPU edit / img2img", f"SDXL 1024², fp16, {steps} steps, {name}", _secs(ta), _secs(tb), ratio,
+    report.add(Row("GPU edit / img2img", f"SDXL 1024², fp16, {steps} steps, {name}", secs(ta), secs(tb), ratio,
                    "<= 1.02"))
     report.note(f"GPU: {statistics.median(gaps) * 1000:.1f} ms per UNet step (SDXL, 1024², CFG batch 2), "
                 f"{ta:.2f} s per 1024² edit; peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 # output -----------------------------------------------------------------------------------------------
-def machine(threads: Optional[int] = None) -> str:
-    """CPU, cores, threads, GPU, versions and load: what a timing table needs to be read."""
-    import diffusers
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"{cpu}; {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()}; GPU: {gpu}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
-            f"load average at the end {load}")
-
-
 # Sections other scripts own (benchmarks/big_images.py); a rewrite of this table keeps them.
 _FOREIGN_SECTIONS = ("## Big images",)
 
@@ -660,8 +579,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     t_start = time.perf_counter()
-    _threads(args.threads)
-    _quiet()
+    threads(args.threads)
+    quiet()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     report = Report(mode)
     # (family size, steps, reps), crop (image, spot, steps, reps), memory (size, steps, reps), per-resolution sizes

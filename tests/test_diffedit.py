@@ -12,15 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffdiff import DiffDiffError, Editor, read_metadata
+from diffdiff.automap import normalise_map
 from diffdiff.cli import app
-from diffdiff.diffedit import (
-    NoisePredictor,
-    decode,
-    decoding_timesteps,
-    encode_image,
-    invert,
-    normalise_map,
-)
+from diffdiff.denoise import NoisePredictor, encode_image
+from diffdiff.diffedit import decode, decoding_timesteps, invert
 from diffdiff.testing import sample_image
 
 # Latent cells (rows, cols) where the stand-in denoiser listens to the prompt; x8 in pixels.

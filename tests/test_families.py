@@ -20,9 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffdiff import DiffDiffError, Editor, UnsupportedModelError, read_metadata
-from diffdiff.adapters import DEFAULT_KANDINSKY_PRIOR, GenericAdapter, round_to_levels, supported_families
 from diffdiff.cli import app
 from diffdiff.core import free_mask, quantised_levels
+from diffdiff.families import DEFAULT_KANDINSKY_PRIOR, GenericAdapter, supported_families
+from diffdiff.levels import round_to_levels
 from diffdiff.testing import (
     build_tiny_flux,
     build_tiny_if,

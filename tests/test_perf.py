@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffdiff import Editor, perf
+from diffdiff.request import EditRequest
 from diffdiff.testing import gradient_map, sample_image, tiny_vae
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -142,7 +143,7 @@ def test_edit_runs_exactly_the_model_calls_of_img2img(sd_editor: Editor) -> None
         return counts
 
     def plain() -> None:
-        kw = sd_editor.adapter.call_kwargs(img, "a fox", None, 5, None, 1.0, 1, torch.Generator().manual_seed(3), 64, 64)
+        kw = sd_editor.adapter.call_kwargs(img, EditRequest("a fox", num_inference_steps=5), torch.Generator().manual_seed(3), (64, 64))
         with torch.inference_mode():
             sd_editor.pipe(**kw, output_type="pil")
 

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from diffdiff import DiffDiffError, Editor, ModelLoadError
 from diffdiff.changemap import map_to_array, prepare_change_map
 from diffdiff.cli import app
-from diffdiff.editor import validate_edit_params
 from diffdiff.io import read_metadata
 from diffdiff.numerics import finite_vae_decode
+from diffdiff.request import validate_edit_params
 from diffdiff.testing import gradient_map, sample_image, tiny_vae
 
 runner = CliRunner()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .changemap import map_to_array, prepare_change_map  # noqa: E402
-from .editor import DiffDiffWarning, Editor  # noqa: E402
-from .errors import DiffDiffError, ModelLoadError, UnsupportedModelError  # noqa: E402
+from .editor import Editor  # noqa: E402
+from .errors import DiffDiffError, DiffDiffWarning, ModelLoadError, UnsupportedModelError  # noqa: E402
 from .io import read_metadata, save_png_atomic  # noqa: E402
+from .request import EditRequest  # noqa: E402
+from .version import __version__
 
 __all__ = [
     "DiffDiffError",
     "DiffDiffWarning",
+    "EditRequest",
     "Editor",
     "ModelLoadError",
     "UnsupportedModelError",

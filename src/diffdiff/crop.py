@@ -1,11 +1,11 @@
 """Region crop: denoise only the part of the image the change map touches.
 
 Work in a diffusion model grows with the pixel count (and faster, through attention), so a small
-edit on a large image should not pay for the whole frame. :func:`crop_edit` takes the bounding box
-of ``map > 0``, widens it by some context padding, snaps it outwards to the model's pixel multiple
-(whole latent cells, so the crop needs no resize), edits that crop with the ordinary
-:meth:`Editor.edit` and pastes the result back. Pixels outside the box are copied from the input
-untouched, so they are byte-identical.
+edit on a large image should not pay for the whole frame. :func:`plan` takes the bounding box
+of ``map > 0``, widens it by some context padding and snaps it outwards to the model's pixel
+multiple (whole latent cells, so the crop needs no resize); the editor edits that crop in its
+ordinary flow (the map is read once) and :meth:`CropPlan.paste` puts the result back. Pixels
+outside the box are copied from the input untouched, so they are byte-identical.
 
 ``crop_resolution="native"`` (or a number of pixels) upscales a small crop to the model's native
 size before editing and back afterwards: a 128 px region on a 4 K photo is then edited with the
@@ -15,23 +15,23 @@ detail the model was trained for (AUTOMATIC1111's "inpaint only masked").
 from __future__ import annotations
 
 import math
-import os
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from PIL import Image
 
 from .changemap import paste_back as paste_back_pixels
-from .changemap import prepare_change_map, resize_array
+from .changemap import resize_array
 from .errors import DiffDiffError
-from .io import image_sha256, open_image
+from .request import CropResolution
 
 if TYPE_CHECKING:
-    from .editor import Editor
+    from .protocol import EditorLike
 
 #: (left, top, right, bottom) in pixels, right/bottom exclusive (PIL's convention).
 Box = tuple[int, int, int, int]
-CropResolution = Union[None, str, int]
 
 #: Used when a pipeline does not say what size it was trained at.
 _FALLBACK_NATIVE = 512
@@ -70,7 +70,7 @@ def crop_box(change: np.ndarray, padding: int = 32, multiple: int = 8) -> Option
     return left, top, right, bottom
 
 
-def native_resolution(editor: Editor) -> int:
+def native_resolution(editor: EditorLike) -> int:
     """The side in pixels the model was trained at: denoiser sample size x VAE scale (SDXL: 1024)."""
     pipe = editor.pipe
     sample = getattr(pipe, "default_sample_size", None)
@@ -86,10 +86,10 @@ def native_resolution(editor: Editor) -> int:
                 break
     if not isinstance(sample, int) or sample < 1:
         return _FALLBACK_NATIVE
-    return sample * editor.adapter.vae_scale()
+    return sample * editor.vae_scale()
 
 
-def upscaled_size(editor: Editor, width: int, height: int, resolution: CropResolution) -> tuple[int, int]:
+def upscaled_size(editor: EditorLike, width: int, height: int, resolution: CropResolution) -> tuple[int, int]:
     """Size to edit a ``width`` x ``height`` crop at: its own, or upscaled to ``resolution``'s area."""
     if resolution is None:
         return width, height
@@ -107,70 +107,53 @@ def upscaled_size(editor: Editor, width: int, height: int, resolution: CropResol
     return editor.work_size(round(width * scale), round(height * scale))
 
 
-def crop_edit(
-    editor: Editor,
-    image: Union[Image.Image, str, os.PathLike[str]],
-    change_map: Any,
-    *,
-    polarity: str = "change",
-    padding: int = 32,
-    resolution: CropResolution = None,
-    paste_back: bool = True,
-    output_type: str = "pil",
-    metadata: Optional[dict[str, Any]] = None,
-    **edit_kwargs: Any,
-) -> list[Image.Image]:
-    """:meth:`Editor.edit` on the changed region only; see the module docstring.
+@dataclass(frozen=True)
+class CropPlan:
+    """The box to edit (left, top, right, bottom) and the size the model runs it at."""
 
-    ``edit_kwargs`` are passed on to :meth:`Editor.edit` (prompt, steps, seed, ...). The result has
-    the input's full size; ``info["diffdiff"]["crop"]`` records the box and the size it ran at.
-    """
-    if output_type != "pil":
-        raise DiffDiffError("crop=True returns images; use output_type='pil'")
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise DiffDiffError(f"crop_padding must be an integer >= 0, got {padding!r}")
-    img = editor._load(image, "image")
-    if isinstance(change_map, (str, os.PathLike)):
-        change_map = open_image(change_map, "change map")
-    source = img.convert("RGB")
-    change = prepare_change_map(change_map, source.size, polarity)  # type: ignore[arg-type]
-    box = crop_box(change, int(padding), editor.adapter.pixel_multiple())
+    box: Box
+    run_size: tuple[int, int]
+
+    def describe(self, padding: int, resolution: CropResolution) -> dict[str, Any]:
+        """The crop's entry in the output's metadata."""
+        return {"box": list(self.box), "padding": int(padding), "resolution": resolution,
+                "run_size": list(self.run_size)}
+
+    def inputs(self, source: Image.Image, change: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+        """The region's image and change map at the run size."""
+        left, top, right, bottom = self.box
+        region = source.crop(self.box)
+        region_change = change[top:bottom, left:right]
+        if self.run_size != region.size:
+            return region.resize(self.run_size, Image.Resampling.LANCZOS), resize_array(region_change, *self.run_size)
+        return region, region_change
+
+    def paste(self, edited: list[Image.Image], source: Image.Image, change: np.ndarray,
+              paste_back: bool) -> list[Image.Image]:
+        """Each edited region pasted into a copy of the full ``source`` (outside the box: exact)."""
+        left, top, right, bottom = self.box
+        region = source.crop(self.box)
+        region_change = change[top:bottom, left:right]
+        results = []
+        for res in edited:
+            info = res.info.get("diffdiff")
+            if res.size != region.size:
+                res = res.resize(region.size, Image.Resampling.LANCZOS)
+                if paste_back:  # the round trip through the upscale blurs untouched pixels: restore them
+                    res = paste_back_pixels(res, region, region_change)
+            full = source.copy()
+            full.paste(res, (left, top))
+            if info is not None:
+                full.info["diffdiff"] = info
+            results.append(full)
+        return results
+
+
+def plan(change: np.ndarray, padding: int, multiple: int,
+         run_size: Callable[[int, int], tuple[int, int]]) -> Optional[CropPlan]:
+    """The crop for ``change`` (None when nothing may change); ``run_size(w, h)`` sizes the run."""
+    box = crop_box(change, int(padding), multiple)
     if box is None:
-        # Nothing may change: the ordinary edit already returns the input untouched.
-        return editor.edit(source, change, polarity="change", paste_back=paste_back,
-                           metadata=metadata, crop=False, **edit_kwargs)
+        return None
     left, top, right, bottom = box
-    region = source.crop(box)
-    region_change = change[top:bottom, left:right]
-    run_w, run_h = upscaled_size(editor, right - left, bottom - top, resolution)
-    if (run_w, run_h) != region.size:
-        work_img = region.resize((run_w, run_h), Image.Resampling.LANCZOS)
-        work_change = resize_array(region_change, run_w, run_h)
-    else:
-        work_img, work_change = region, region_change
-    from .editor import _hash_map  # the editor's own map hash, so metadata matches a full edit
-
-    # Metadata describes the user's inputs, not the crop we made of them.
-    meta = {
-        "image_sha256": image_sha256(img),
-        "map_sha256": _hash_map(change_map),
-        "polarity": polarity,
-        "crop": {"box": list(box), "padding": int(padding), "resolution": resolution,
-                 "run_size": [run_w, run_h]},
-    }
-    meta.update(metadata or {})
-    edited = editor.edit(work_img, work_change, polarity="change", paste_back=paste_back,
-                         metadata=meta, crop=False, **edit_kwargs)
-    results = []
-    for res in edited:
-        info = res.info.get("diffdiff")
-        if res.size != region.size:
-            res = res.resize(region.size, Image.Resampling.LANCZOS)
-            if paste_back:  # the round trip through the upscale blurs untouched pixels: restore them
-                res = paste_back_pixels(res, region, region_change)
-        full = source.copy()
-        full.paste(res, (left, top))
-        if info is not None:
-            full.info["diffdiff"] = info
-        results.append(full)
-    return results
+    return CropPlan(box, run_size(right - left, bottom - top))

@@ -1,123 +1,41 @@
 """The user-facing :class:`Editor`: load a model, edit an image with a change map.
 
-The editor prepares inputs (image size, change map, seed), asks the model-family adapter how to
-call the diffusers pipeline, installs the two hooks from :mod:`diffdiff.hook` and post-processes
-the output (resize back, paste-back of untouched pixels, metadata). The per-step rule itself lives
-in :mod:`diffdiff.core`.
+The editor owns the edit flow: read the image and the map once, build the request's metadata,
+take the region crop when asked (:mod:`diffdiff.crop`), hand a :class:`~diffdiff.families.base.Job`
+to the model family (:mod:`diffdiff.families`), then post-process (resize back, paste-back of
+untouched pixels, metadata). The per-step rule itself lives in :mod:`diffdiff.core`; the tools
+(fan, soft-inpainting, DiffEdit) are reached through thin methods here and depend only on
+:class:`diffdiff.protocol.EditorLike`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import secrets
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
-from .adapters import Adapter, adapter_for, call_parameter_names, round_to_levels
-from .changemap import POLARITIES, MapLike, Polarity, prepare_change_map, to_latent_map
+from . import crop, diffedit, fan, softinpaint
+from .automap import auto_map
+from .changemap import MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
-from .errors import DiffDiffError
-from .hook import DifferentialStep, NoiseCapture, Reference, StepRecord
-from .io import image_sha256, open_image
-from .numerics import finite_vae_decode, to_uint8_images
-from .skip import frozen_skip
+from .errors import DiffDiffError, DiffDiffWarning
+from .families import Adapter, Job, RunInfo, adapter_for
+from .families.base import Trajectory
+from .io import DEFAULT_MAX_PIXELS, ImageLike, check_pixel_limit, image_sha256, load_image, map_sha256, open_image
+from .loading import load_family
+from .perf import configure_memory
+from .pipeinfo import as_img2img
+from .request import CropResolution, EditRequest, OutputType
+from .version import __version__
 
-ImageLike = Union[Image.Image, str, os.PathLike]
+__all__ = ["DEFAULT_MAX_PIXELS", "FEW_STEPS", "DiffDiffWarning", "Editor", "RunInfo", "check_pixel_limit"]
 
 #: Below this many executed steps the map's gradation is visibly coarse.
 FEW_STEPS = 10
-
-#: Default size limit for one edit (4096 x 4096). Larger images: crop=True edits only the changed box.
-DEFAULT_MAX_PIXELS = 4096 * 4096
-
-
-def check_pixel_limit(width: int, height: int, max_pixels: Optional[int]) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise DiffDiffError(
-            f"image is {width}x{height} ({width * height / 1e6:.1f} MP), above the limit of "
-            f"{max_pixels / 1e6:.1f} MP; use --crop (crop=True) to edit only the changed region, "
-            "use a smaller image, or raise the limit with --max-pixels"
-        )
-
-
-class DiffDiffWarning(UserWarning):
-    """Something the user should know about a run (shown by the CLI as a one-line warning)."""
-
-
-@dataclass
-class RunInfo:
-    """Details of the last run, for previews, tests and debugging."""
-
-    total_steps: int = 0
-    records: list[StepRecord] = field(default_factory=list)
-    reference: Optional[Reference] = None
-    work_size: tuple[int, int] = (0, 0)
-    pipeline_calls: int = 0
-    #: with ``skip_frozen``: per denoiser call, the fraction of the grid the model ran on (0 = skipped)
-    denoised_fractions: list[float] = field(default_factory=list)
-
-
-def _as_img2img(pipe: Any) -> Any:
-    """Accept a text-to-image pipeline too, by switching to its img2img sibling (shared weights)."""
-    if "strength" in call_parameter_names(pipe):
-        return pipe
-    try:
-        from diffusers import AutoPipelineForImage2Image
-
-        return AutoPipelineForImage2Image.from_pipe(pipe)
-    except Exception:  # unsupported: adapter_for() reports it clearly
-        return pipe
-
-
-def _hash_map(change_map: Any) -> str:
-    if isinstance(change_map, Image.Image):
-        return image_sha256(change_map)
-    if isinstance(change_map, torch.Tensor):
-        change_map = change_map.detach().cpu().numpy()
-    arr = np.ascontiguousarray(change_map)
-    return hashlib.sha256(f"{arr.dtype}:{arr.shape}".encode() + arr.tobytes()).hexdigest()
-
-
-def validate_edit_params(
-    prompt: Any,
-    num_inference_steps: Any,
-    guidance_scale: Any,
-    strength: Any,
-    num_images: Any,
-    polarity: Any,
-    seed: Any,
-    output_type: Any = "pil",
-) -> None:
-    """Raise :class:`DiffDiffError` naming the first bad parameter."""
-    if not isinstance(prompt, str) and not (
-        isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)
-    ):
-        raise DiffDiffError("prompt must be a string")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-        raise DiffDiffError(f"steps must be a positive integer, got {num_inference_steps!r}")
-    if guidance_scale is not None:
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise DiffDiffError(f"guidance must be a number >= 0, got {guidance_scale!r}")
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength) or not 0 <= strength <= 1:
-        raise DiffDiffError(f"strength must be between 0 and 1, got {strength!r}")
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
-        raise DiffDiffError(f"num_images must be a positive integer, got {num_images!r}")
-    if polarity not in POLARITIES:
-        raise DiffDiffError(f"polarity must be 'change' or 'keep', got {polarity!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63):
-        raise DiffDiffError(f"seed must be a non-negative integer, got {seed!r}")
-    if output_type not in ("pil", "latent"):
-        raise DiffDiffError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
-
 
 class Editor:
     """Graded image editing with Differential Diffusion on a diffusers pipeline.
@@ -139,20 +57,23 @@ class Editor:
         stage_3: Any = None,
     ) -> None:
         self._device: Optional[torch.device] = None
-        self.pipe = _as_img2img(pipe)
-        # Extra pipelines of multi-model families: Kandinsky's prior, DeepFloyd IF's later stages.
-        self.adapter: Adapter = adapter_for(self.pipe, prior=prior, stage_2=stage_2, stage_3=stage_3)
-        self.pipe = self.adapter.pipe  # a family may swap in its img2img half (e.g. Kandinsky's decoder)
-        self.refiner = _as_img2img(refiner) if refiner is not None else None
-        if self.refiner is not None and not self.adapter.supports_refiner:
-            raise DiffDiffError(f"a refiner is only supported for SDXL, not for the {self.adapter.name} family")
-        if not 0 < refiner_start < 1:
+        # Extra pipelines of multi-model families: SDXL's refiner, Kandinsky's prior, IF's later stages.
+        self.adapter: Adapter = adapter_for(
+            as_img2img(pipe), refiner=as_img2img(refiner) if refiner is not None else None,
+            prior=prior, stage_2=stage_2, stage_3=stage_3,
+        )
+        if refiner is not None:
+            self.refiner_start = refiner_start
+        elif not 0 < refiner_start < 1:
             raise DiffDiffError(f"refiner_start must be between 0 and 1, got {refiner_start}")
-        self.refiner_start = float(refiner_start)
-        self.model_name = model_name or getattr(getattr(self.pipe, "config", None), "_name_or_path", None) or type(self.pipe).__name__
+        name = model_name or getattr(getattr(self.pipe, "config", None), "_name_or_path", None) or type(self.pipe).__name__
+        self.model_name = str(name)
+        self.adapter.model_name = self.model_name
         self.refiner_name = refiner_name
         self.progress = progress
         self.last_run = RunInfo()
+        #: the last :meth:`diffedit` run's latents and mask (tests, debugging)
+        self.last_diffedit: Optional[diffedit.DiffEditRun] = None
         #: Largest image (in pixels) edit() accepts; None for no limit. Guards against accidental
         #: multi-hundred-megapixel inputs that would exhaust memory hours into a run.
         self.max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
@@ -175,20 +96,14 @@ class Editor:
     ) -> Editor:
         """Load ``model`` (hub id, diffusers folder or single-file checkpoint) and detect its family.
 
-        Multi-model families: ``prior`` is Kandinsky 2.2's prior (default: the hub's 2.2 prior);
-        ``stage_2`` / ``stage_3`` are DeepFloyd IF's super-resolution stages (optional).
+        Multi-model families: ``refiner`` is SDXL's refiner; ``prior`` is Kandinsky 2.2's prior
+        (default: the hub's 2.2 prior); ``stage_2`` / ``stage_3`` are DeepFloyd IF's
+        super-resolution stages (optional).
         """
-        from .adapters import load_family
-        from .loading import load_pipeline
-
-        pipe, parts = load_family(
-            str(model), prior=None if prior is None else str(prior), stage_2=None if stage_2 is None else str(stage_2),
-            stage_3=None if stage_3 is None else str(stage_3), device=device, torch_dtype=torch_dtype, **kw,
-        )
-        ref = None
-        if refiner is not None:
-            ref = load_pipeline(refiner, device=device, torch_dtype=torch_dtype)
-        return cls(pipe, refiner=ref, refiner_start=refiner_start, model_name=str(model),
+        wanted = {"refiner": refiner, "prior": prior, "stage_2": stage_2, "stage_3": stage_3}
+        pipe, parts = load_family(str(model), {k: None if v is None else str(v) for k, v in wanted.items()},
+                                  device=device, torch_dtype=torch_dtype, **kw)
+        return cls(pipe, refiner_start=refiner_start, model_name=str(model),
                    refiner_name=str(refiner) if refiner is not None else None, progress=progress, **parts)
 
     def to(self, device: Any = None, dtype: Any = None) -> Editor:
@@ -196,12 +111,34 @@ class Editor:
         args = [a for a in (device, dtype) if a is not None]
         self._device = None
         self.pipe = self.pipe.to(*args)
-        self.adapter.pipe = self.pipe
-        if self.refiner is not None:
-            self.refiner = self.refiner.to(*args)
-        for part in self.adapter.parts.values():  # Kandinsky prior, IF stages II/III
+        for part in self.adapter.parts.values():  # SDXL refiner, Kandinsky prior, IF stages II/III
             part.to(*args)
         return self
+
+    # the pipeline and its parts -------------------------------------------------------------------
+    @property
+    def pipe(self) -> Any:
+        return self.adapter.pipe
+
+    @pipe.setter
+    def pipe(self, value: Any) -> None:
+        self.adapter.pipe = value
+
+    @property
+    def refiner(self) -> Any:
+        return self.adapter.parts.get("refiner")
+
+    @property
+    def refiner_start(self) -> float:
+        return float(getattr(self.adapter, "refiner_start", 0.8))
+
+    @refiner_start.setter
+    def refiner_start(self, value: float) -> None:
+        setter = getattr(self.adapter, "set_refiner_start", None)
+        if setter is not None:
+            setter(value)
+        elif not 0 < value < 1:
+            raise DiffDiffError(f"refiner_start must be between 0 and 1, got {value}")
 
     @property
     def device(self) -> torch.device:
@@ -216,26 +153,23 @@ class Editor:
 
     def set_progress_bar(self, enabled: bool) -> None:
         self.progress = enabled
-        for p in (self.pipe, self.refiner, *self.adapter.parts.values()):
+        for p in self.adapter.pipelines():
             if p is not None and hasattr(p, "set_progress_bar_config"):
                 p.set_progress_bar_config(disable=not enabled, desc="diffdiff", leave=False)
 
-    # helpers --------------------------------------------------------------------------------------
+    # geometry and rules (the family's) ------------------------------------------------------------
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the model runs at: the image's size rounded to the family's pixel multiple."""
-        m = self.adapter.pixel_multiple()
-        return max(m, int(round(width / m)) * m), max(m, int(round(height / m)) * m)
+        return self.adapter.work_size(width, height)
+
+    def vae_scale(self) -> int:
+        return self.adapter.vae_scale()
 
     def planned_steps(self, num_inference_steps: int, strength: float) -> int:
         return self.adapter.planned_steps(num_inference_steps, strength)
 
-    @staticmethod
-    def _load(image: ImageLike, what: str) -> Image.Image:
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, (str, os.PathLike)):
-            return open_image(image, what)
-        raise DiffDiffError(f"{what} must be a PIL image or a file path, got {type(image).__name__}")
+    def default_guidance(self) -> Optional[float]:
+        return self.adapter.default_guidance()
 
     # the edit -------------------------------------------------------------------------------------
     def edit(
@@ -250,13 +184,14 @@ class Editor:
         seed: Optional[int] = None,
         num_images: int = 1,
         polarity: Polarity = "change",
-        output_type: str = "pil",
+        output_type: OutputType = "pil",
         paste_back: bool = True,
         metadata: Optional[dict[str, Any]] = None,
         crop: bool = False,
         crop_padding: int = 32,
-        crop_resolution: Optional[Union[str, int]] = None,
+        crop_resolution: CropResolution = None,
         skip_frozen: bool = False,
+        pipeline_kwargs: Optional[dict[str, Any]] = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -266,67 +201,78 @@ class Editor:
         ``crop=True`` denoises only the box around map > 0 (plus ``crop_padding`` px) and pastes it back.
         ``skip_frozen=True`` runs the model at each step only where pixels are free by then (box +
         ``crop_padding`` px of context; :mod:`diffdiff.skip`): much less work for small or graded maps.
+        ``pipeline_kwargs`` go to the diffusers call as they are (inputs diffdiff does not model).
+        The parameters form one :class:`~diffdiff.request.EditRequest`; :meth:`edit_with` takes one.
         """
-        validate_edit_params(prompt, num_inference_steps, guidance_scale, strength, num_images, polarity, seed, output_type)
-        if crop:  # denoise only the changed region's box (diffdiff.crop), then paste it back
-            from .crop import crop_edit
+        request = EditRequest(
+            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, strength=strength, seed=seed, num_images=num_images, polarity=polarity,
+            output_type=output_type, paste_back=paste_back, crop=crop, crop_padding=crop_padding,
+            crop_resolution=crop_resolution, skip_frozen=skip_frozen, pipeline_kwargs=dict(pipeline_kwargs or {}),
+            metadata=dict(metadata or {}),
+        )
+        return self.edit_with(image, change_map, request)
 
-            return crop_edit(self, image, change_map, polarity=polarity, padding=crop_padding,
-                             resolution=crop_resolution, paste_back=paste_back, output_type=output_type,
-                             metadata=metadata, prompt=prompt, negative_prompt=negative_prompt,
-                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             strength=strength, seed=seed, num_images=num_images, skip_frozen=skip_frozen)
-        img = self._load(image, "image")
+    def edit_with(self, image: ImageLike, change_map: Any, request: EditRequest) -> Any:
+        """:meth:`edit` for a request built once (by the CLI, the web API, a tool or a batch).
+
+        The image and the map are read once here, whether or not the edit is cropped.
+        """
+        img = load_image(image, "image")
+        if not request.crop:
+            check_pixel_limit(*img.size, self.max_pixels)  # before the map is resized to a huge image
         if isinstance(change_map, (str, os.PathLike)):
             change_map = open_image(change_map, "change map")
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise DiffDiffError("image is empty")
-        check_pixel_limit(width, height, self.max_pixels)
-        change = prepare_change_map(change_map, (width, height), polarity)
-        if seed is None:
-            seed = secrets.randbits(31)
-        meta = {
+        change = prepare_change_map(change_map, img.size, request.polarity)
+        request = request.with_seed()
+        meta = self.metadata_for(request, img, map_sha256(change_map))
+        source = img if img.mode == "RGB" else img.convert("RGB")  # read only below: no copy needed
+        if not request.crop:
+            return self._edit(source, change, request, meta)
+        # Denoise only the changed region's box (diffdiff.crop), then paste it back into the full image.
+        plan = crop.plan(change, request.crop_padding, self.adapter.pixel_multiple(),
+                         lambda w, h: crop.upscaled_size(self, w, h, request.crop_resolution))
+        if plan is None:
+            return self._edit(source, change, request, meta)  # nothing may change: the input comes back
+        meta["crop"] = plan.describe(request.crop_padding, request.crop_resolution)
+        work, work_change = plan.inputs(source, change)
+        check_pixel_limit(*work.size, self.max_pixels)
+        return plan.paste(self._edit(work, work_change, request, meta), source, change, request.paste_back)
+
+    def metadata_for(self, request: EditRequest, image: Image.Image, map_hash: str) -> dict[str, Any]:
+        """Everything an output records: model, family, the request, input hashes, versions."""
+        meta: dict[str, Any] = {
             "model": self.model_name,
             "family": self.adapter.name,
             "refiner": self.refiner_name,
             "refiner_start": self.refiner_start if self.refiner is not None else None,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "seed": int(seed),
-            "steps": int(num_inference_steps),
-            "guidance": guidance_scale if guidance_scale is not None else self.adapter.default_guidance(),
-            "strength": float(strength),
-            "polarity": polarity,
-            "num_images": int(num_images),
-            "paste_back": bool(paste_back),
-            "skip_frozen": bool(skip_frozen),
-            "map_sha256": _hash_map(change_map),
-            "image_sha256": image_sha256(img),
+            **request.metadata_fields(self.adapter.default_guidance()),
+            "map_sha256": map_hash,
+            "image_sha256": image_sha256(image),
             "scheduler": type(self.pipe.scheduler).__name__,
             "diffdiff_version": __version__,
         }
-        if metadata:
-            meta.update(metadata)
-        source = img if img.mode == "RGB" else img.convert("RGB")  # read only below: no copy needed
-        planned = self.planned_steps(num_inference_steps, strength)
+        meta.update(request.metadata)
+        return meta
+
+    def _edit(self, source: Image.Image, change: np.ndarray, request: EditRequest, meta: dict[str, Any]) -> Any:
+        """The edit of a prepared RGB source and image-size change array."""
+        width, height = source.size
+        planned = self.planned_steps(request.num_inference_steps, request.strength)
         if planned == 0 or not np.any(change > 0):
-            if output_type == "latent":
+            if request.output_type == "latent":
                 raise DiffDiffError("nothing to denoise: strength or the change map is zero everywhere")
             # Nothing may change: the exact input is the exact answer (no model call needed).
-            return [self._finish(source.copy(), meta, i) for i in range(num_images)]
+            return [_finish(source.copy(), meta, i) for i in range(request.num_images)]
         if planned < FEW_STEPS:
             warnings.warn(
                 f"only {planned} denoising steps will run: the change map is quantised to {planned} levels "
                 "(use more steps or a higher strength for smoother gradation)",
                 DiffDiffWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        out = self.run(
-            source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
-            seed, num_images, output_type, skip_frozen=skip_frozen, context_px=crop_padding,
-        )
-        if output_type == "latent":
+        out = self.run(source, change, request)
+        if request.output_type == "latent":
             return out
         results = []
         for i, arr in enumerate(out):
@@ -340,169 +286,50 @@ class Editor:
                     ref_change = to_latent_map(change, res.size[1], res.size[0])[0, 0].numpy()
                 else:
                     res = res.resize((width, height), Image.Resampling.LANCZOS)
-            if paste_back:
+            if request.paste_back:
                 res = paste_back_pixels(res, reference, ref_change)
-            results.append(self._finish(res, meta, i))
+            results.append(_finish(res, meta, i))
         return results
 
-    @staticmethod
-    def _finish(img: Image.Image, meta: dict[str, Any], index: int) -> Image.Image:
-        img.info["diffdiff"] = dict(meta, index=index)
-        return img
-
-    def run(
-        self,
-        source: Image.Image,
-        change: np.ndarray,
-        prompt: str | list[str],
-        negative_prompt: Optional[str],
-        num_inference_steps: int,
-        guidance_scale: Optional[float],
-        strength: float,
-        seed: int,
-        num_images: int,
-        output_type: str,
-        trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
-        skip_frozen: bool = False,
-        context_px: int = 32,
-    ) -> Any:
+    def run(self, source: Image.Image, change: np.ndarray, request: EditRequest,
+            trajectory: Optional[Trajectory] = None) -> Any:
         """One edit with an image-size change array: uint8 arrays (B, H, W, 3) or latents (B, C, h, w).
 
-        ``skip_frozen``: run the denoiser only where pixels are free (:mod:`diffdiff.skip`), with
-        ``context_px`` pixels of context around its box. Not with a custom ``trajectory``.
+        ``request.skip_frozen``: run the denoiser only where pixels are free (:mod:`diffdiff.skip`),
+        with ``request.crop_padding`` pixels of context around its box. Not with a custom ``trajectory``.
         """
-        skip_frozen = bool(skip_frozen) and trajectory is None
-        from .perf import configure_memory
-
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
         configure_memory(self, *self.work_size(*source.size))
-        if self.adapter.custom_run:  # cascades (DeepFloyd IF) drive their own stages with the same hook
-            out, self.last_run = self.adapter.run(
-                source, change, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                num_images, output_type, trajectory=trajectory, skip_frozen=skip_frozen, context_px=context_px,
-            )
-            return out
-        ww, wh = self.work_size(*source.size)
-        work = source if source.size == (ww, wh) else source.resize((ww, wh), Image.Resampling.LANCZOS)
-        lh, lw = self.adapter.latent_hw(ww, wh)
-        latent_change = to_latent_map(change, lh, lw).to(self.device)
-        if self.adapter.is_few_step(self.model_name):
-            # Distilled models run few steps: round the map to the nearest of the N levels (unbiased).
-            latent_change = round_to_levels(latent_change, self.planned_steps(num_inference_steps, strength))
-        generator = torch.Generator().manual_seed(int(seed))
-        info = RunInfo(work_size=(ww, wh))
-        self.last_run = info
-        adapter = self.adapter
-        kwargs = adapter.call_kwargs(work, prompt, negative_prompt, num_inference_steps, guidance_scale, strength,
-                                     num_images, generator, ww, wh)
-        stage_output = "latent" if output_type == "latent" else "np"
-
-        refiner_only = False
-        use_refiner = self.refiner is not None
-        if use_refiner:
-            refiner_only = self._starts_after_split(num_inference_steps, strength)
-
-        first_pipe = self.refiner if refiner_only else self.pipe
-        capture = NoiseCapture(first_pipe.scheduler, adapter.noise_method)
-        hook = DifferentialStep(
-            change=latent_change,
-            capture=capture,
-            unpack=lambda x: adapter.unpack(x, ww, wh),
-            pack=lambda x: adapter.pack(x, ww, wh),
-            trajectory=trajectory,
-        )
-        first_kwargs = dict(kwargs)
-        if use_refiner and not refiner_only:
-            first_kwargs["denoising_end"] = self.refiner_start
-            first_output = "latent"
-        else:
-            first_output = stage_output
-        planned = self.planned_steps(num_inference_steps, strength)
-        skip = frozen_skip(first_pipe, hook, planned, adapter.noise_method, context_px, lw, ww,
-                           pack=hook.pack) if skip_frozen else None
-        with torch.inference_mode(), capture, skip or contextlib.nullcontext(), finite_vae_decode(getattr(first_pipe, "vae", None)):
-            result = first_pipe(
-                **first_kwargs,
-                output_type=first_output,
-                callback_on_step_end=hook,
-                callback_on_step_end_tensor_inputs=["latents"],
-            )
-        info.pipeline_calls += 1
-        info.reference = capture.reference
-        info.records = hook.records
-        info.total_steps = hook.total_steps(first_pipe.scheduler) if hook.start is not None else 0
-        if skip is not None:
-            info.denoised_fractions += skip.fractions
-        images = result.images
-
-        if use_refiner and not refiner_only:
-            # Continue the same global schedule in the refiner: same thresholds, same reference.
-            ref_capture = NoiseCapture(self.refiner.scheduler, adapter.noise_method)
-            ref_hook = DifferentialStep(
-                change=latent_change, capture=ref_capture, reference=capture.reference, start=hook.start,
-                trajectory=trajectory,
-            )
-            ref_kwargs = dict(kwargs, image=images, denoising_start=self.refiner_start)
-            ref_kwargs.pop("strength", None)
-            # The refiner continues at global step `hook._completed`, with the same thresholds.
-            ref_skip = frozen_skip(self.refiner, ref_hook, info.total_steps, adapter.noise_method, context_px, lw, ww,
-                                   steps_before=hook._completed) if skip_frozen else None
-            with torch.inference_mode(), ref_capture, ref_skip or contextlib.nullcontext(), finite_vae_decode(getattr(self.refiner, "vae", None)):
-                result = self.refiner(
-                    **ref_kwargs,
-                    strength=strength,
-                    output_type=stage_output,
-                    callback_on_step_end=ref_hook,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                )
-            info.pipeline_calls += 1
-            info.records = hook.records + ref_hook.records
-            if ref_skip is not None:
-                info.denoised_fractions += ref_skip.fractions
-            images = result.images
-
-        if output_type == "latent":
-            return adapter.latents_from_output(images, ww, wh)
-        return to_uint8_images(images)
-
-    def _starts_after_split(self, num_inference_steps: int, strength: float) -> bool:
-        """True when a low strength starts the run after the base/refiner split (base has no steps)."""
-        sched = self.pipe.scheduler
-        sched.set_timesteps(num_inference_steps)
-        order = int(getattr(sched, "order", 1))
-        steps = self.planned_steps(num_inference_steps, strength)
-        start = sched.timesteps[(num_inference_steps - steps) * order]
-        t_train = sched.config.num_train_timesteps
-        cutoff = int(round(t_train - self.refiner_start * t_train))
-        return bool(start < cutoff)
+        out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+        return out
 
     # soft-inpainting and the strength fan (logic in softinpaint.py / fan.py) ----------------------
     def soft_inpaint(self, image: ImageLike, mask: Any, softness: float, prompt: str, **edit_kwargs: Any) -> Any:
         """Regenerate the mask's white hole; the ring (sigma ``softness`` px) adjusts, far pixels stay exact."""
-        from .softinpaint import soft_inpaint
-
-        return soft_inpaint(self, image, mask, softness, prompt, **edit_kwargs)
+        return softinpaint.soft_inpaint(self, image, mask, softness, prompt, **edit_kwargs)
 
     def fan(self, image: ImageLike, prompt: str, columns: int = 5, min_strength: float = 0.0,
             max_strength: float = 1.0, change_map: Any = None, **edit_kwargs: Any) -> Any:
         """One image in ``columns`` vertical bands at strengths ``min..max``, made by ONE edit."""
-        from .fan import fan
+        return fan.fan(self, image, prompt, columns, min_strength, max_strength, change_map, **edit_kwargs)
 
-        return fan(self, image, prompt, columns, min_strength, max_strength, change_map, **edit_kwargs)
-
-    # DiffEdit and automatic change maps from text (logic in diffedit.py) ---------------------------
+    # DiffEdit and automatic change maps from text (logic in automap.py / diffedit.py) -------------
     def auto_map(self, image: ImageLike, source_prompt: str, target_prompt: str, num_maps: int = 10,
                  encode_strength: float = 0.5, seed: Optional[int] = None, **kw: Any) -> Image.Image:
         """Continuous change map (PIL "L", image size) where the two prompts' noise predictions differ."""
-        from .diffedit import auto_map
-
-        return auto_map(self, image, source_prompt, target_prompt, num_maps, encode_strength, seed, **kw)
+        return auto_map(self, image, source_prompt, target_prompt, num_maps=num_maps, encode_strength=encode_strength,
+                        seed=seed, **kw)
 
     def diffedit(self, image: ImageLike, source_prompt: str, target_prompt: str, mask: Any = None,
                  threshold: float = 0.5, encode_ratio: float = 0.5, num_inference_steps: int = 50,
                  seed: Optional[int] = None, **kw: Any) -> Any:
         """DiffEdit: DDIM-invert under the source prompt, decode under the target inside the mask only."""
-        from .diffedit import diffedit
+        out, self.last_diffedit = diffedit.diffedit(self, image, source_prompt, target_prompt, mask, threshold,
+                                                    encode_ratio, num_inference_steps, seed, **kw)
+        return out
 
-        return diffedit(self, image, source_prompt, target_prompt, mask, threshold, encode_ratio,
-                        num_inference_steps, seed, **kw)
+
+def _finish(img: Image.Image, meta: dict[str, Any], index: int) -> Image.Image:
+    img.info["diffdiff"] = dict(meta, index=index)
+    return img
+

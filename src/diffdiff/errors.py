@@ -1,4 +1,4 @@
-"""Errors that diffdiff reports to users as one clear line (the CLI prints them without traceback)."""
+"""Errors and warnings diffdiff reports to users as one clear line (the CLI prints them without traceback)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class UnsupportedModelError(DiffDiffError):
 
 class ModelLoadError(DiffDiffError):
     """A model could not be loaded (missing folder, not in the offline cache, bad file)."""
+
+
+class DiffDiffWarning(UserWarning):
+    """Something the user should know about a run (shown by the CLI as a one-line warning)."""

@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .changemap import MapLike, Polarity, prepare_change_map
-from .core import quantised_levels
 from .errors import DiffDiffError
+from .io import ImageLike, load_image, open_image
+from .levels import executed_steps, level_value
+from .request import EditRequest
 
 if TYPE_CHECKING:
-    from .editor import Editor, ImageLike
+    from .protocol import EditorLike
 
 ROW_AXES: tuple[str, ...] = ("guidance", "seed")
 MAX_COLUMNS = 64
@@ -77,7 +78,7 @@ def fan_map(
     ``max_strength``): the middle of that value interval, so float round-off in resizing cannot
     push it to a neighbouring level. ``k = 0`` gives exactly 0.
     """
-    rule = planned_steps or (lambda n, s: min(int(n * s), n))
+    rule = planned_steps or executed_steps
     w, h = size
     total = rule(num_inference_steps, max_strength)
     edges = band_edges(w, len(strengths))
@@ -91,25 +92,8 @@ def fan_map(
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def level_value(k: int, total: int) -> float:
-    """A map value that :func:`diffdiff.core.quantised_levels` turns into exactly ``k`` of ``total`` steps.
-
-    Found by sampling the core rule (so it follows the rule's tie convention) and taking the middle
-    of the interval of values giving ``k``.
-    """
-    if k <= 0 or total <= 0:
-        return 0.0
-    if k >= total:
-        return 1.0
-    grid = torch.linspace(0.0, 1.0, 16 * total + 1, dtype=torch.float64)
-    hits = grid[quantised_levels(grid, total) == k]
-    if hits.numel() == 0:  # pragma: no cover - the core rule reaches every level
-        return k / total
-    return float((hits.min() + hits.max()) / 2)
-
-
 def fan(
-    editor: Editor,
+    editor: EditorLike,
     image: ImageLike,
     prompt: str,
     columns: int = 5,
@@ -135,17 +119,15 @@ def fan(
         raise DiffDiffError("a fan sets strength per column: use min_strength / max_strength")
     polarity: Polarity = edit_kwargs.pop("polarity", "change")
     steps = edit_kwargs.pop("num_inference_steps", 50)
-    from .editor import validate_edit_params
-
-    validate_edit_params(prompt, steps, edit_kwargs.get("guidance_scale"), max_strength, 1, polarity,
-                         edit_kwargs.get("seed"), edit_kwargs.get("output_type", "pil"))
+    extra_meta = edit_kwargs.pop("metadata", None) or {}
+    # The bands are a change-polarity map; the user's polarity only reads the optional region map.
+    EditRequest(prompt=prompt, num_inference_steps=steps, strength=max_strength, polarity=polarity)
+    request = EditRequest(prompt=prompt, num_inference_steps=steps, strength=max_strength, **edit_kwargs)
     strengths = column_strengths(columns, min_strength, max_strength)
-    img = editor._load(image, "image")
+    img = load_image(image, "image")
     cmap = None
     if change_map is not None:
         if isinstance(change_map, (str, os.PathLike)):
-            from .io import open_image
-
             change_map = open_image(change_map, "change map")
         cmap = prepare_change_map(change_map, img.size, polarity)
     bands = fan_map(img.size, strengths, steps, max_strength, editor.planned_steps, cmap)
@@ -157,10 +139,9 @@ def fan(
         "band_edges": band_edges(img.size[0], columns),
         "fan_change_map": change_map is not None,
     }
-    meta.update(edit_kwargs.pop("metadata", None) or {})
-    out = editor.edit(img, bands, prompt, num_inference_steps=steps, strength=max_strength, metadata=meta,
-                      **edit_kwargs)
-    if edit_kwargs.get("output_type", "pil") == "latent":
+    meta.update(extra_meta)
+    out = editor.edit_with(img, bands, request.with_metadata(meta))
+    if request.output_type == "latent":
         return out
     result = out[0]
     if labels:
@@ -169,7 +150,7 @@ def fan(
 
 
 def fan_grid(
-    editor: Editor,
+    editor: EditorLike,
     image: ImageLike,
     prompt: str,
     rows: str,

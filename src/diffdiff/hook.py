@@ -121,14 +121,15 @@ class DifferentialStep:
     _fractions_total: int = -1
 
     def total_steps(self, scheduler: Any) -> int:
-        order = int(getattr(scheduler, "order", 1))
-        n_full = (len(scheduler.timesteps) + order - 1) // order
+        """Steps of the run in ``scheduler``'s schedule (from the run's first step to the end)."""
+        return self._total(len(scheduler.timesteps), int(getattr(scheduler, "order", 1)))
+
+    def _total(self, n_timesteps: int, order: int) -> int:
+        n_full = (n_timesteps + order - 1) // order
         assert self.start is not None
         return n_full - self.start
 
-    def _locate(self, scheduler: Any, loop_index: int, t: Any) -> None:
-        times = scheduler.timesteps
-        order = int(getattr(scheduler, "order", 1))
+    def _locate(self, times: torch.Tensor, order: int, loop_index: int, t: Any) -> None:
         t_val = torch.as_tensor(t, dtype=times.dtype, device=times.device)
         hits = (times == t_val).nonzero().flatten().tolist()
         if not hits:  # float timesteps: nearest match
@@ -140,24 +141,55 @@ class DifferentialStep:
         if self.start is None:
             self.start = self._first_full
 
+    # the public step API ------------------------------------------------------------------------------
+    @property
+    def located(self) -> bool:
+        """Whether the hook has seen the run's first step (and so knows where it is in the schedule)."""
+        return self._first_full is not None and self.start is not None
+
+    @property
+    def completed(self) -> int:
+        """Full scheduler steps completed so far in this pipeline call."""
+        return self._completed
+
+    def steps_done(self) -> Optional[int]:
+        """Steps of the run (global schedule, from its first step) completed so far; None before the first."""
+        if not self.located:
+            return None
+        return self._first_full - self.start + self._completed  # type: ignore[operator]
+
     def __call__(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """diffusers' ``callback_on_step_end``: blend ``callback_kwargs["latents"]`` after step ``i``."""
         scheduler = pipe.scheduler
+        callback_kwargs["latents"] = self.step(
+            callback_kwargs["latents"], i, t, scheduler.timesteps, int(getattr(scheduler, "order", 1)),
+            bool(getattr(scheduler, "state_in_first_order", True)),
+        )
+        return callback_kwargs
+
+    def step(self, latents: torch.Tensor, i: int, t: Any, timesteps: torch.Tensor, order: int = 1,
+             full_step: bool = True) -> torch.Tensor:
+        """The latents after loop step ``i`` (at timestep ``t`` of ``timesteps``), blended for the next step.
+
+        ``order`` is the scheduler's order (2 for Heun); ``full_step`` False means the scheduler is
+        half-way through a second-order step, which is left alone. Callers that run their own loop
+        (DiffEdit's decoding) use this directly with their own timesteps.
+        """
         if self._offset is None:
-            self._locate(scheduler, i, t)
-        if not getattr(scheduler, "state_in_first_order", True):
-            return callback_kwargs  # half-way through a second-order step: leave it alone
+            self._locate(timesteps, order, i, t)
+        if not full_step:
+            return latents  # half-way through a second-order step: leave it alone
         self._completed += 1
-        times = scheduler.timesteps
         next_index = self._offset + i + 1  # type: ignore[operator]
-        if next_index >= len(times):
-            return callback_kwargs  # no blend after the last step (as in the paper)
+        if next_index >= len(timesteps):
+            return latents  # no blend after the last step (as in the paper)
         ref = self.reference or self.capture.reference
         if ref is None:
             raise RuntimeError("the pipeline never noised the input image; cannot apply the change map")
-        total = self.total_steps(scheduler)
-        step = self._first_full + self._completed - self.start  # type: ignore[operator]
-        latents = callback_kwargs["latents"]
-        t_next = times[next_index]
+        total = self._total(len(timesteps), order)
+        step = self.steps_done()
+        assert step is not None
+        t_next = timesteps[next_index]
         if self.trajectory is not None:
             target = self.trajectory(step, latents)
         else:
@@ -166,8 +198,7 @@ class DifferentialStep:
         change = self._change_on(grid.device)
         mixed = blend(grid, target.to(grid.dtype), change, step, total)
         self.records.append(StepRecord(i, step, self._free_fraction(change, step, total)))
-        callback_kwargs["latents"] = self.pack(mixed)
-        return callback_kwargs
+        return self.pack(mixed)
 
     def _change_on(self, device: torch.device) -> torch.Tensor:
         """The map in float32 on ``device`` (moved once per run, not once per step)."""

@@ -1,4 +1,4 @@
-"""Reading user images and writing results: clear errors, PNG metadata, atomic writes."""
+"""Reading user images and writing results: clear errors, content hashes, PNG metadata, atomic writes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
+import numpy as np
+import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import DiffDiffError
@@ -39,6 +41,37 @@ def open_image(path: str | os.PathLike[str], what: str = "image") -> Image.Image
         raise DiffDiffError(f"{what} file '{p}' is corrupt or truncated ({exc})") from exc
 
 
+#: Default size limit for one edit (4096 x 4096). Larger images: crop=True edits only the changed box.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image above ``max_pixels`` with a hint to crop (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise DiffDiffError(
+            f"image is {width}x{height} ({width * height / 1e6:.1f} MP), above the limit of "
+            f"{max_pixels / 1e6:.1f} MP; use --crop (crop=True) to edit only the changed region, "
+            "use a smaller image, or raise the limit with --max-pixels"
+        )
+
+
+#: What the editing API accepts as an image: a PIL image or a file path.
+ImageLike = Union[Image.Image, str, os.PathLike]
+
+
+def load_image(image: ImageLike, what: str = "image") -> Image.Image:
+    """A PIL image as given, or the decoded file at a path; a one-line error for anything else."""
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, (str, os.PathLike)):
+        img = open_image(image, what)
+    else:
+        raise DiffDiffError(f"{what} must be a PIL image or a file path, got {type(image).__name__}")
+    if img.width < 1 or img.height < 1:
+        raise DiffDiffError(f"{what} is empty")
+    return img
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -53,6 +86,16 @@ def image_sha256(img: Image.Image) -> str:
     h.update(f"{img.mode}:{img.size}".encode())
     h.update(img.tobytes())
     return h.hexdigest()
+
+
+def map_sha256(change_map: Any) -> str:
+    """Hash of a change map as the user gave it: an image's pixels, or an array's dtype, shape and bytes."""
+    if isinstance(change_map, Image.Image):
+        return image_sha256(change_map)
+    if isinstance(change_map, torch.Tensor):
+        change_map = change_map.detach().cpu().numpy()
+    arr = np.ascontiguousarray(change_map)
+    return hashlib.sha256(f"{arr.dtype}:{arr.shape}".encode() + arr.tobytes()).hexdigest()
 
 
 def pnginfo_for(metadata: Mapping[str, Any]) -> PngImagePlugin.PngInfo:

@@ -1,19 +1,26 @@
-"""Loading real models: hub id, local diffusers folder or single-file checkpoint.
+"""Loading real models: hub id, local diffusers folder or single-file checkpoint, and family parts.
 
 Everything goes through diffusers' own ``from_pretrained`` / ``from_single_file``; this module only
-chooses the entry point, picks a device and dtype, and turns the usual wall of HTTP and OS errors
-into one line that tells the user what to do.
+chooses the entry point, picks a device and dtype, loads the extra pipelines a family declares
+(:class:`diffdiff.families.base.PartSpec`: SDXL's refiner, Kandinsky's prior, IF's stages), and turns
+the usual wall of HTTP and OS errors into one line that tells the user what to do. A hub id is
+always tried from the local cache first, then from the hub only if it can be reached.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+import diffusers
 import torch
 
 from .errors import ModelLoadError
+from .families import adapter_class, check_parts, load_as_class
+from .pipeinfo import as_img2img
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -183,10 +190,7 @@ def _friendly(model: str, exc: BaseException) -> ModelLoadError:
     offline_markers = ("LocalEntryNotFound", "offline", "Connection", "resolve", "Max retries", "cannot find the requested files",
                        "We couldn't connect", "HF_HUB_OFFLINE", "couldn't connect")
     if any(m.lower() in text.lower() for m in offline_markers):
-        return ModelLoadError(
-            f"model '{model}' is not in the local cache and the hub cannot be reached; "
-            "run once with network access or pass a local path"
-        )
+        return _offline(model)
     if "Repository Not Found" in text or "RepositoryNotFound" in text or "404" in text:
         return ModelLoadError(f"model '{model}' was not found on the hub; check the id or pass a local path")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -209,19 +213,30 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_hub(model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
-    """Load by hub id: the local cache first; the network only if the hub can be reached."""
-    from diffusers import AutoPipelineForImage2Image
+def _offline(model: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model '{model}' is not in the local cache and the hub cannot be reached; "
+        "run once with network access or pass a local path"
+    )
 
+
+def _cache_then_hub(model_id: str, load: Callable[..., Any]) -> Any:
+    """``load()`` from the local cache first; from the hub only if the cache misses and it answers."""
     try:
-        return AutoPipelineForImage2Image.from_pretrained(model_id, **dtype_kwargs(dtype), local_files_only=True, **kwargs)
+        return load(local_files_only=True)
     except Exception as exc:  # not (fully) cached
         if not hub_reachable():
-            raise ModelLoadError(
-                f"model '{model_id}' is not in the local cache and the hub cannot be reached; "
-                "run once with network access or pass a local path"
-            ) from exc
-    return AutoPipelineForImage2Image.from_pretrained(model_id, **dtype_kwargs(dtype), **kwargs)
+            raise _offline(model_id) from exc
+    return load()
+
+
+def _from_hub(model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """Load by hub id as an img2img pipeline (cache first)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    return _cache_then_hub(
+        model_id, lambda **extra: AutoPipelineForImage2Image.from_pretrained(model_id, **dtype_kwargs(dtype), **kwargs, **extra)
+    )
 
 
 def load_pipeline(
@@ -285,3 +300,91 @@ def load_pipeline(
     except Exception as exc:  # HTTP client errors and friends
         raise _friendly(model_str, exc) from exc
     return pipe.to(device)
+
+
+# families: a model and the extra pipelines its family declares ---------------------------------------
+def model_index(model: str) -> Optional[dict[str, Any]]:
+    """The model_index.json of a local folder or an already-cached hub model (no network)."""
+    path = Path(model).expanduser()
+    index = path / "model_index.json"
+    if not index.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model), "model_index.json")
+        except Exception:  # not a valid repo id
+            return None
+        if not isinstance(cached, str):
+            return None
+        index = Path(cached)
+    try:
+        return json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_as(cls: Any, model: str, device: Optional[str], torch_dtype: Any, **kw: Any) -> Any:
+    """Load ``model`` (folder or hub id) as pipeline class ``cls`` with diffdiff's one-line errors."""
+    device, dtype = resolve_device_dtype(device, torch_dtype)
+    model = str(model)
+    path = Path(model).expanduser()
+    index = model_index(model) or {}
+    # Optional components saved as null (no safety checker, watermarker...) must be passed as None.
+    for name, value in index.items():
+        if isinstance(value, list) and value[:1] == [None] and name not in kw:
+            kw[name] = None
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelLoadError(f"'{model}' is not a diffusers model folder (no model_index.json)")
+            pipe = cls.from_pretrained(str(path), **dtype_kwargs(dtype), **kw)
+        elif path.exists() or model.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model path '{model}' does not exist or is not a diffusers folder")
+        else:
+            pipe = _cache_then_hub(model, lambda **extra: cls.from_pretrained(model, **dtype_kwargs(dtype), **kw, **extra))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise _friendly(model, exc) from exc
+    return pipe.to(device)
+
+
+def load_family(
+    model: str,
+    parts: Optional[dict[str, Optional[str]]] = None,
+    device: Optional[str] = None,
+    torch_dtype: Any = None,
+    **kw: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Load a model and the extra pipelines its family needs; returns (pipe, loaded parts).
+
+    ``parts`` maps part names (``refiner``, ``prior``, ``stage_2``, ``stage_3``) to models; a part
+    the family declares with a default is loaded even when not given (Kandinsky's prior).
+    """
+    wanted = {k: v for k, v in (parts or {}).items() if v is not None}
+    index = model_index(str(model)) or {}
+    direct = load_as_class(index.get("_class_name"))
+    if direct is not None:
+        pipe = load_as(getattr(diffusers, direct), str(model), device, torch_dtype, **kw)
+    else:
+        try:
+            pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype, **kw)
+        except ModelLoadError:
+            if not index.get("_class_name"):
+                raise
+            # A real diffusers model with no img2img form: say which families are supported instead.
+            adapter_class(as_img2img(load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype)))
+            raise
+    cls = adapter_class(as_img2img(pipe))
+    check_parts(cls, wanted)
+    loaded: dict[str, Any] = {}
+    for name, spec in cls.extra_parts.items():
+        source = wanted.get(name) or cls.default_part(name, pipe)
+        if source is None:
+            continue
+        if spec.pipeline is None:
+            loaded[name] = load_pipeline(source, device=device, torch_dtype=torch_dtype)
+            continue
+        shared = {k: getattr(pipe, k) for k in spec.share if getattr(pipe, k, None) is not None}
+        loaded[name] = load_as(getattr(diffusers, spec.pipeline), str(source), device, torch_dtype, **shared)
+    return pipe, loaded

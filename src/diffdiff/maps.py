@@ -10,7 +10,7 @@ float32 (H, W) array in [0, 1] out. Generators (:func:`gradient`) return PIL unl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .changemap import MapLike, Polarity, check_aspect, map_to_array, prepare_change_map
 from .core import quantised_levels
 from .errors import DiffDiffError
+from .levels import executed_steps
 
 MapOut = Union[Image.Image, np.ndarray]
 
@@ -242,16 +243,18 @@ def levels(change_map: MapLike, black: float = 0.0, white: float = 1.0, gamma: f
     return _like(change_map, t)
 
 
-def blur(change_map: MapLike, sigma: float) -> MapOut:
-    """Gaussian blur with ``sigma`` in pixels (edges reflected; kernel cut at 3 sigma)."""
-    _check_nonneg("sigma", sigma)
-    arr = _read(change_map)
-    if sigma == 0:
-        return _like(change_map, arr)
+def gaussian_blur(arr: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of any 2-D float array (``sigma`` in cells; edges reflected; kernel cut at 3 sigma).
+
+    No range check and no clipping: also for raw values such as the automatic map's differences.
+    """
+    arr = np.asarray(arr, dtype=np.float64)
+    if sigma <= 0:
+        return arr.copy()
     h, w = arr.shape
     if sigma > 10 * max(h, w):
         # A Gaussian this much wider than the map averages it; a kernel that size would not fit in memory.
-        return _like(change_map, np.full_like(arr, float(arr.mean())))
+        return np.full_like(arr, float(arr.mean()))
     radius = max(1, int(math.ceil(BLUR_TRUNCATE_SIGMAS * sigma)))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-(x**2) / (2.0 * sigma**2))
@@ -264,7 +267,16 @@ def blur(change_map: MapLike, sigma: float) -> MapOut:
     t = F.conv2d(t, kt.view(1, 1, 1, -1))
     t = F.pad(t, (0, 0, radius, radius), mode=mode)
     t = F.conv2d(t, kt.view(1, 1, -1, 1))
-    out = t[0, 0].numpy()
+    return t[0, 0].numpy()
+
+
+def blur(change_map: MapLike, sigma: float) -> MapOut:
+    """Gaussian blur with ``sigma`` in pixels (edges reflected; kernel cut at 3 sigma)."""
+    _check_nonneg("sigma", sigma)
+    arr = _read(change_map)
+    if sigma == 0:
+        return _like(change_map, arr)
+    out = gaussian_blur(arr, sigma)
     out[np.abs(out) < 1e-12] = 0.0  # round-off below any visible level stays "keep"
     return _like(change_map, out)
 
@@ -344,10 +356,12 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def levels_for(change_map: MapLike, image_size: tuple[int, int], steps: int, strength: float = 1.0,
-               polarity: Polarity = "change") -> tuple[np.ndarray, int]:
+               polarity: Polarity = "change", planned_steps: Optional[Callable[[int, float], int]] = None,
+               ) -> tuple[np.ndarray, int]:
     """Per-pixel number of denoising steps the edit will run, and the executed step count.
 
-    Uses diffusers' img2img rule for the executed steps, ``int(steps * strength)``, and
+    ``planned_steps(steps, strength)`` is the model's executed-steps rule (an editor's
+    ``planned_steps``; default :func:`diffdiff.levels.executed_steps`, diffusers' img2img rule), and
     :func:`diffdiff.core.quantised_levels` for each pixel. (The model applies the map on its
     latent grid, 8x coarser for SD-family models; this preview is at image resolution.)
     """
@@ -355,7 +369,7 @@ def levels_for(change_map: MapLike, image_size: tuple[int, int], steps: int, str
         raise DiffDiffError(f"steps must be a positive integer, got {steps!r}")
     _check_unit("strength", strength)
     change = prepare_change_map(change_map, image_size, polarity)
-    total = min(int(steps * strength), steps)
+    total = (planned_steps or executed_steps)(steps, strength)
     if total == 0:
         return np.zeros(change.shape, dtype=np.int64), 0
     lv = quantised_levels(torch.from_numpy(change), total).numpy().astype(np.int64)
@@ -370,16 +384,18 @@ def preview(
     polarity: Polarity = "change",
     alpha: float = 0.55,
     min_width: int = 384,
+    planned_steps: Optional[Callable[[int, float], int]] = None,
 ) -> Image.Image:
     """The image with the map's quantised levels as a heat-map overlay, and a legend strip.
 
     Each colour is one of the ``int(steps * strength) + 1`` behaviours the edit can give a pixel
-    (how many of the executed steps it follows the model); uncoloured pixels are kept exactly.
+    (how many of the executed steps it follows the model; ``planned_steps`` is the model's rule, as
+    in :func:`levels_for`); uncoloured pixels are kept exactly.
     The legend shows every level that occurs, its step count and its share of the image.
     """
     _check_unit("alpha", alpha)
     img = image.convert("RGB")
-    lv, total = levels_for(change_map, img.size, steps, strength, polarity)
+    lv, total = levels_for(change_map, img.size, steps, strength, polarity, planned_steps)
     base = np.asarray(img, dtype=np.float64)
     frac = lv / total if total else np.zeros(lv.shape)
     colours = heat_colours(frac).astype(np.float64)

@@ -162,11 +162,12 @@ class FrozenSkip:
     def _step(self) -> int:
         """The blend index after the step being computed, in the run's global schedule."""
         hook = self.hook
-        if hook._first_full is not None and hook.start is not None:
-            if hook.total_steps(self.scheduler) != self.total and not self.mismatch:
-                self.mismatch = True  # our plan would use the wrong thresholds: run in full from here
-            return hook._first_full - hook.start + hook._completed + 1
-        return self.steps_before + hook._completed + 1
+        done = hook.steps_done()
+        if done is None:  # before the hook's first call: an earlier stage's steps, then ours
+            return self.steps_before + hook.completed + 1
+        if hook.total_steps(self.scheduler) != self.total and not self.mismatch:
+            self.mismatch = True  # our plan would use the wrong thresholds: run in full from here
+        return done + 1
 
     def _plan(self, step: int) -> Plan:
         if step not in self.plans:

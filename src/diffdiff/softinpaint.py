@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .changemap import MapLike
 from .errors import DiffDiffError
-from .io import image_sha256, open_image
+from .io import ImageLike, image_sha256, load_image, open_image
 from .maps import read_mask, soft_map
+from .request import EditRequest
 
 if TYPE_CHECKING:
-    from .changemap import MapLike
-    from .editor import Editor, ImageLike
+    from .protocol import EditorLike
 
 
 def soft_inpaint_map(mask: MapLike | str | os.PathLike[str], softness: float, size: tuple[int, int]) -> np.ndarray:
@@ -38,7 +39,7 @@ def soft_inpaint_map(mask: MapLike | str | os.PathLike[str], softness: float, si
 
 
 def soft_inpaint(
-    editor: Editor,
+    editor: EditorLike,
     image: ImageLike,
     mask: MapLike | str | os.PathLike[str],
     softness: float,
@@ -47,19 +48,20 @@ def soft_inpaint(
 ) -> Any:
     """Regenerate the mask's hole from ``prompt``; the ring adjusts, far pixels stay exact.
 
-    ``edit_kwargs`` go to :meth:`Editor.edit` (steps, guidance, strength, seed, ...). Returns what
+    ``edit_kwargs`` are the :class:`~diffdiff.request.EditRequest` fields (steps, guidance, strength, seed, ...). Returns what
     :meth:`Editor.edit` returns: a list of PIL images (metadata records the softness).
     """
     polarity = edit_kwargs.pop("polarity", "change")
     if polarity != "change":
         # The mask has its own fixed convention; a polarity would silently invert the result.
         raise DiffDiffError("soft-inpainting masks are always white = hole; invert the mask instead of passing polarity")
-    img = editor._load(image, "image")
+    request = EditRequest(prompt=prompt, **edit_kwargs)
+    img = load_image(image, "image")
     if isinstance(mask, (str, os.PathLike)):
         mask = open_image(mask, "mask")
     change = soft_inpaint_map(mask, softness, img.size)
     meta: dict[str, Any] = {"tool": "soft-inpaint", "softness": float(softness)}
     if isinstance(mask, Image.Image):
         meta["mask_sha256"] = image_sha256(mask)
-    meta.update(edit_kwargs.pop("metadata", None) or {})
-    return editor.edit(img, change, prompt, metadata=meta, **edit_kwargs)
+    meta.update(request.metadata)
+    return editor.edit_with(img, change, request.replace(metadata=meta))

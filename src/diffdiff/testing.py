@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,9 +92,27 @@ def _tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder)
 
 
+def _save_sd(path: Path, unet: Any, seed: int, scheduler: str) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    """A tiny SD pipeline around ``unet`` (tiny VAE, CLIP and tokenizer), saved with ``save_pretrained``."""
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=_clip_text_encoder(32, seed=seed),
+        tokenizer=_tokenizer(path.parent / f".tok-{path.name}"),
+        unet=unet,
+        scheduler=make_scheduler(scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
 def build_tiny_sd(path: str | Path, seed: int = 0, scheduler: str = "euler") -> Path:
     """Save a tiny Stable Diffusion 1.x/2.x-style text-to-image pipeline to ``path``."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -109,18 +128,7 @@ def build_tiny_sd(path: str | Path, seed: int = 0, scheduler: str = "euler") -> 
         attention_head_dim=4,
         norm_num_groups=16,
     ).eval()
-    pipe = StableDiffusionPipeline(
-        vae=tiny_vae(seed),
-        text_encoder=_clip_text_encoder(32, seed=seed),
-        tokenizer=_tokenizer(path.parent / f".tok-{path.name}"),
-        unet=unet,
-        scheduler=make_scheduler(scheduler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
-    return path
+    return _save_sd(path, unet, seed, scheduler)
 
 
 def build_tiny_sdxl(path: str | Path, seed: int = 0, scheduler: str = "euler", refiner: bool = False) -> Path:
@@ -666,7 +674,7 @@ def build_tiny_sd_deep(path: str | Path, seed: int = 0, scheduler: str = "euler"
     latent/1); this model just stops one level further down. Same VAE, text encoder and tokenizer
     as :func:`build_tiny_sd`.
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -682,15 +690,4 @@ def build_tiny_sd_deep(path: str | Path, seed: int = 0, scheduler: str = "euler"
         attention_head_dim=8,
         norm_num_groups=16,
     ).eval()
-    pipe = StableDiffusionPipeline(
-        vae=tiny_vae(seed),
-        text_encoder=_clip_text_encoder(32, seed=seed),
-        tokenizer=_tokenizer(path.parent / f".tok-{path.name}"),
-        unet=unet,
-        scheduler=make_scheduler(scheduler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
-    return path
+    return _save_sd(path, unet, seed, scheduler)

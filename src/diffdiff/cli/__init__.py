@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import typer
 
-from .. import __version__
+from ..version import __version__
+from . import diffedit, edit, fan, maps, serve
 from .common import set_verbose
 
 app = typer.Typer(
@@ -34,14 +34,8 @@ def _root(
     set_verbose(verbose)
 
 
-# Command modules; each defines register(app). Optional ones are skipped if not present yet.
-for _name in ("edit", "maps", "fan", "diffedit", "serve"):
-    try:
-        _mod = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_name}":
-            raise
-        continue
+# Command modules; each defines register(app). ``maps`` before ``diffedit``, which adds ``map auto``.
+for _mod in (edit, maps, fan, diffedit, serve):
     _mod.register(app)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import DiffDiffError
+from ..errors import DiffDiffError, DiffDiffWarning
 
 _state: dict[str, Any] = {"verbose": False}
 
@@ -71,8 +71,6 @@ def info(message: str) -> None:
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    from ..editor import DiffDiffWarning
-
     if issubclass(category, DiffDiffWarning):
         typer.echo(f"warning: {message}", err=True)
     elif is_verbose():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .common import info, load_editor, run_command, save_outputs
+from .maps import map_app
 
 MODEL_HELP = "Model (SD 1.x/2.x or SDXL): hub id, local diffusers folder or single file [default: SDXL base 1.0]."
 SOURCE_HELP = "What the image shows now, e.g. 'a bowl of fruits'."
@@ -32,7 +32,7 @@ def _auto_command(map_app: typer.Typer) -> None:
         """Change map from text: where the TARGET prompt's prediction differs from the SOURCE's."""
 
         def body() -> None:
-            from ..diffedit import validate_map_params
+            from ..automap import validate_map_params
             from ..io import check_output_path, open_image, save_png_atomic
 
             img = open_image(image, "image")
@@ -47,16 +47,7 @@ def _auto_command(map_app: typer.Typer) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    try:
-        from .maps import map_app
-    except ImportError:
-        map_app = None
-    if map_app is None and importlib.util.find_spec(f"{__package__}.maps") is None:
-        # No 'map' group in this install: provide one so 'map auto' still exists.
-        map_app = typer.Typer(name="map", help="Make change maps (white = change).", no_args_is_help=True)
-        app.add_typer(map_app, name="map")
-    if map_app is not None:
-        _auto_command(map_app)
+    _auto_command(map_app)
 
     @app.command()
     def diffedit(

@@ -46,9 +46,8 @@ def register(app: typer.Typer) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
         def body() -> None:
-            from ..editor import check_pixel_limit
             from ..errors import DiffDiffError
-            from ..io import check_output_path, file_sha256, open_image
+            from ..io import check_output_path, check_pixel_limit, file_sha256, open_image
 
             img = open_image(image, "image")
             if not crop:
@@ -58,25 +57,25 @@ def register(app: typer.Typer) -> None:
             cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
             from ..changemap import prepare_change_map
-            from ..editor import validate_edit_params
+            from ..request import EditRequest
 
-            validate_edit_params(prompt, steps, guidance, strength, num_images, polarity, seed)
-            if cmap is not None:
-                prepare_change_map(cmap, img.size, polarity)  # fail on a bad map before loading a model
-            ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
-            ed.refiner_start = refiner_start
-            ed.max_pixels = max_pixels
-            if cmap is None:
-                cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
-            images = ed.edit(
-                img, cmap, prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                strength=strength, seed=seed, num_images=num_images,
-                polarity=polarity if change_map is not None else "change",  # type: ignore[arg-type]  # auto maps: white = change
+            request = EditRequest(
+                prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
                 crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
                                                        if change_map is not None else {"auto_map_source": auto_map})},
             )
+            if cmap is not None:
+                prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model
+            ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3))
+            ed.refiner_start = refiner_start
+            ed.max_pixels = max_pixels
+            if cmap is None:
+                cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
+                request = request.replace(polarity="change")  # automatic maps are white = change
+            images = ed.edit_with(img, cmap, request)
             save_outputs(images, output)
 
         run_command(body)

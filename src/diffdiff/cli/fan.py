@@ -38,15 +38,16 @@ def register(app: typer.Typer) -> None:
 
         def body() -> None:
             from ..changemap import prepare_change_map
-            from ..editor import validate_edit_params
             from ..errors import DiffDiffError
             from ..fan import band_edges, check_row_values, column_strengths, parse_row_values
             from ..io import check_output_path, open_image
+            from ..request import EditRequest
 
             img = open_image(image, "image")
             cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
-            validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
+            EditRequest(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, strength=max_strength,
+                        polarity=polarity, seed=seed)  # type: ignore[arg-type]  # validates before any model loads
             column_strengths(columns, min_strength, max_strength)
             band_edges(img.width, columns)
             if cmap is not None:
@@ -100,9 +101,9 @@ def register(app: typer.Typer) -> None:
         """Regenerate the mask's hole; the surroundings adjust gradually, far pixels stay exact."""
 
         def body() -> None:
-            from ..editor import validate_edit_params
             from ..io import check_output_path, open_image, save_png_atomic
             from ..maps import to_image
+            from ..request import EditRequest
             from ..softinpaint import soft_inpaint_map
 
             img = open_image(image, "image")
@@ -110,7 +111,8 @@ def register(app: typer.Typer) -> None:
             check_output_path(output)
             if save_map is not None:
                 check_output_path(save_map)
-            validate_edit_params(prompt, steps, guidance, strength, num_images, "change", seed)
+            EditRequest(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, strength=strength,
+                        num_images=num_images, seed=seed)  # validates before any model loads
             soft = soft_inpaint_map(m, softness, img.size)  # bad mask or softness fails before loading
             ed = load_editor(model, None, device, dtype)
             images = ed.soft_inpaint(

@@ -123,7 +123,7 @@ async def _job(service: EditService, prepare: Callable[[], Any], work: Callable[
                         if (exc.name or "").startswith("diffdiff"):
                             raise FeatureMissing(f"this diffdiff version lacks {exc.name}") from exc
                         raise
-                from ..editor import DiffDiffWarning
+                from ..errors import DiffDiffWarning
 
                 notes = [str(w.message) for w in caught if issubclass(w.category, DiffDiffWarning)]
                 return out, notes
@@ -188,7 +188,7 @@ def build_router(service: EditService) -> APIRouter:
 
         def prepare() -> tuple[Image.Image, Image.Image]:
             from ..changemap import prepare_change_map
-            from ..editor import validate_edit_params
+            from ..request import validate_edit_params
 
             validate_edit_params(prompt, steps, guidance, strength, 1, polarity, seed)
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
@@ -228,7 +228,7 @@ def build_router(service: EditService) -> APIRouter:
 
         def prepare() -> tuple[Image.Image, Optional[Image.Image]]:
             from ..changemap import prepare_change_map
-            from ..editor import validate_edit_params
+            from ..request import validate_edit_params
 
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
             if min_strength > max_strength:

@@ -154,7 +154,7 @@ def build_ui(service: EditService) -> Any:
         """Run ``fn(editor)`` in the shared queue, mapping our errors to Gradio's message boxes."""
         import warnings
 
-        from ..editor import DiffDiffWarning
+        from ..errors import DiffDiffWarning
 
         progress(0.0, desc="waiting for the model")
         try:

@@ -1,0 +1,113 @@
+"""Shared benchmark harness: environment set-up, interleaved timings, the plain-img2img baseline,
+the machine line. ``run.py``, ``bench_fan.py`` and ``big_images.py`` import it (and not each other).
+
+Importing it sets the offline hub, passive OpenMP waiting and quiet warnings, before torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads spin while waiting by default; on a shared machine (more runnable threads than
+# cores) that made a 0.2 s edit take 2-15 s here. Passive waiting keeps timings stable. It must be
+# set before torch loads OpenMP, hence here; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "a watercolour fox"
+
+
+def timings(fns: list[Callable[[], Any]], reps: int, warmup: bool = True) -> list[list[float]]:
+    """Seconds per call of each function, interleaved: every repetition runs all of them, in an
+    order rotated each time (A B C, B C A, ...) so no side always goes first."""
+    if warmup:
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(reps):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def side_by_side(a: Callable[[], Any], b: Callable[[], Any], reps: int, warmup: bool = True) -> tuple[float, float, float]:
+    """Median seconds of ``a`` and ``b`` and the median per-pair ratio a/b (interleaved, warmed up)."""
+    ta, tb = timings([a, b], reps, warmup)
+    ratio = statistics.median(x / y for x, y in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (the spread of per-pair ratios: how noisy the machine was)."""
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def plain_img2img(ed: Any, img: Any, steps: int, width: int, height: int) -> Callable[[], Any]:
+    """The baseline: the editor's own pipeline called as plain diffusers img2img (same seed, steps, size)."""
+    import torch
+
+    def plain() -> Any:
+        gen = torch.Generator().manual_seed(3)
+        from diffdiff.request import EditRequest
+
+        kw = ed.adapter.call_kwargs(img, EditRequest(PROMPT, num_inference_steps=steps), gen, (width, height))
+        with torch.inference_mode():
+            return ed.pipe(**kw, output_type="pil").images
+
+    return plain
+
+
+def secs(x: float) -> str:
+    return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
+
+
+def threads(n: Optional[int] = None) -> None:
+    import torch
+
+    n = n or int(os.environ.get("DIFFDIFF_BENCH_THREADS", "0")) or max(1, min(2, os.cpu_count() or 1))
+    os.environ["DIFFDIFF_BENCH_THREADS"] = str(n)  # memory subprocesses use the same count
+    torch.set_num_threads(n)
+
+
+def quiet() -> None:
+    from diffdiff.cli.common import quiet_third_party
+
+    quiet_third_party(True)
+    warnings.filterwarnings("ignore")
+
+
+def machine(threads: Optional[int] = None) -> str:
+    """CPU, cores, threads, GPU, versions and load: what a timing table needs to be read."""
+    import diffusers
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"{cpu}; {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()}; GPU: {gpu}; "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
+            f"load average at the end {load}")
