@@ -32,8 +32,10 @@ from typing import Any, Optional
 import torch
 
 from .errors import DiffDiffError
-from .hook import DifferentialStep, NoiseCapture, Reference
+from .hook import DifferentialStep
 from .layouts import LatentCodec
+from .levels import executed_steps, flow_executed_steps
+from .pipeinfo import call_parameter_names
 
 #: Scheduler noising formulas we know how to call, by method name.
 NOISE_METHODS = ("add_noise", "scale_noise")
@@ -47,17 +49,11 @@ def noise_method(scheduler: Any) -> Optional[str]:
     return None
 
 
-def start_step(num_inference_steps: int, strength: float, flow: bool) -> int:
-    """Full steps skipped at the start: diffusers' img2img ``get_timesteps`` rules.
-
-    DDPM-family pipelines cut ``int(N * s)`` steps; flow-matching pipelines cut with a float product
-    (10 steps at 0.7 run 8). Mirrors both exactly.
-    """
-    if flow:
-        init = min(num_inference_steps * strength, num_inference_steps)
-        return int(max(num_inference_steps - init, 0))
-    init = min(int(num_inference_steps * strength), num_inference_steps)
-    return max(num_inference_steps - init, 0)
+def planned_steps(method: str, num_inference_steps: int, strength: float) -> int:
+    """Steps a run executes: diffusers' img2img rule for the scheduler kind (:mod:`diffdiff.levels`)."""
+    if method == "scale_noise":
+        return flow_executed_steps(num_inference_steps, strength)
+    return executed_steps(num_inference_steps, strength)
 
 
 def truncate_schedule(scheduler: Any, skip_full_steps: int) -> None:
@@ -128,12 +124,6 @@ class ScheduleSeam:
     def scheduler(self) -> Any:
         return self.pipe.scheduler
 
-    def capture(self) -> NoiseCapture:
-        """A :class:`NoiseCapture` holding our reference (for :class:`DifferentialStep`)."""
-        cap = NoiseCapture(self.scheduler, self.method)
-        cap.reference = Reference(clean=self.clean, noise=self.noise)
-        return cap
-
     # the wrapped scheduler methods -----------------------------------------------------------------
     def _set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
         out = self._originals["set_timesteps"](*args, **kwargs)
@@ -168,7 +158,9 @@ class ScheduleSeam:
         if not self.blend_in_step or self.hook is None:
             return out
         prev = out[0] if isinstance(out, tuple) else out.prev_sample
-        mixed = self.hook(self.pipe, index, bound.get("timestep"), {"latents": prev})["latents"]
+        sched = self.scheduler
+        mixed = self.hook.step(prev, index, bound.get("timestep"), sched.timesteps, int(getattr(sched, "order", 1)),
+                               bool(getattr(sched, "state_in_first_order", True)))
         if isinstance(out, tuple):
             return (mixed, *out[1:])
         out.prev_sample = mixed
@@ -234,15 +226,6 @@ def draw_start(codec: LatentCodec, image: Any, num_images: int, generator: torch
     return clean, noise
 
 
-def _call_parameters(pipe: Any) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(pipe.__call__).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
 #: Arguments that would make a pipeline resize or re-bin our work size, and the value that keeps it.
 _SIZE_KEEPERS: dict[str, Any] = {"use_resolution_binning": False, "_auto_resize": False}
 
@@ -250,7 +233,7 @@ _SIZE_KEEPERS: dict[str, Any] = {"use_resolution_binning": False, "_auto_resize"
 def size_kwargs(pipe: Any, width: int, height: int) -> dict[str, Any]:
     """``height``/``width`` plus whatever keeps the pipeline at exactly that size (PixArt's resolution
     binning, Kontext's preferred resolutions and ``max_area``), for the arguments it accepts."""
-    params = _call_parameters(pipe)
+    params = call_parameter_names(pipe)
     kw: dict[str, Any] = {k: v for k, v in (("height", height), ("width", width)) if k in params}
     kw.update({k: v for k, v in _SIZE_KEEPERS.items() if k in params})
     if "max_area" in params:
@@ -260,65 +243,4 @@ def size_kwargs(pipe: Any, width: int, height: int) -> dict[str, Any]:
 
 def blends_in_callback(pipe: Any) -> bool:
     """True when the pipeline's ``callback_on_step_end`` hands us its ``latents``."""
-    return "callback_on_step_end" in _call_parameters(pipe) and "latents" in getattr(pipe, "_callback_tensor_inputs", [])
-
-
-@dataclass
-class OwnRun:
-    """What one own-noising call did (for run info, tests and debugging)."""
-
-    output: Any
-    hook: DifferentialStep
-    seam: ScheduleSeam
-
-
-def run_own_img2img(
-    pipe: Any,
-    image: Any,
-    change: torch.Tensor,
-    kwargs: dict[str, Any],
-    strength: float,
-    num_inference_steps: int,
-    num_images: int,
-    generator: torch.Generator,
-    output_type: str = "np",
-    trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
-) -> OwnRun:
-    """Run ``pipe`` (a pipeline taking ``latents=``) as a Differential Diffusion img2img edit.
-
-    ``image`` is the PIL input at the work size, ``change`` the map on the latent grid (1, 1, h, w),
-    ``kwargs`` the pipeline's own arguments (prompt, guidance, size...; ``latents``, ``output_type``,
-    ``num_inference_steps`` and the callback are set here). Output: ``output_type`` "latent" gives
-    the pipeline's latents, anything else the pipeline's "np" images.
-    """
-    method = noise_method(pipe.scheduler)
-    if method is None:
-        raise DiffDiffError(f"{type(pipe).__name__}'s scheduler {type(pipe.scheduler).__name__} has neither "
-                            "add_noise nor scale_noise: diffdiff cannot noise the image to a start step for it")
-    codec = LatentCodec.of(pipe)
-    dtype = getattr(codec.vae, "dtype", torch.float32)
-    device = getattr(pipe, "_execution_device", None) or pipe.device
-    clean, noise = draw_start(codec, image, num_images, generator, device, dtype)
-    h, w = clean.shape[-2:]
-    latents = torch.zeros_like(codec.layout.from_grid(noise))
-    skip = start_step(num_inference_steps, strength, flow=method == "scale_noise")
-    seam = ScheduleSeam(pipe=pipe, codec=codec, method=method, skip_full_steps=skip, clean=clean, noise=noise,
-                        latents=latents)
-    hook = DifferentialStep(
-        change=change.to(device), capture=seam.capture(), trajectory=trajectory,
-        unpack=lambda x: codec.layout.to_grid(x, h, w), pack=codec.layout.from_grid,
-    )
-    seam.hook = hook
-    call = dict(kwargs, latents=latents, num_inference_steps=num_inference_steps, generator=generator,
-                num_images_per_prompt=num_images,
-                output_type="latent" if output_type == "latent" else "np")
-    if blends_in_callback(pipe):
-        call.update(callback_on_step_end=hook, callback_on_step_end_tensor_inputs=["latents"])
-    else:
-        seam.blend_in_step = True
-    with torch.inference_mode(), seam:
-        result = pipe(**call)
-    images = result.images if hasattr(result, "images") else result[0]
-    if output_type == "latent":
-        images = codec.layout.to_grid(images, h, w)
-    return OwnRun(output=images, hook=hook, seam=seam)
+    return "callback_on_step_end" in call_parameter_names(pipe) and "latents" in getattr(pipe, "_callback_tensor_inputs", [])
