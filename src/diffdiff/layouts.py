@@ -13,8 +13,9 @@ layouts, told apart from the pipeline's components, never from its class name:
 
 :class:`LatentCodec` encodes an image exactly as diffusers' img2img pipelines do (their
 ``image_processor``, ``retrieve_latents`` sampling with the user's generator, then the
-normalisation ``(z - shift) * scaling`` or ``(z - latents_mean) * (scaling / latents_std)``), so
-our own noising starts from the same latents as the pipeline's img2img sibling.
+normalisation ``(z - shift) * scaling`` or ``(z - latents_mean) * (scaling / latents_std)``; VQ
+autoencoders' latents unscaled, as Kandinsky's pipelines use them), so our own noising starts from
+the same latents as the pipeline's img2img sibling.
 """
 
 from __future__ import annotations
@@ -178,13 +179,16 @@ class LatentCodec:
         if self.frames:
             pixels = pixels.unsqueeze(2)
         out = self.vae.encode(pixels)
-        if hasattr(out, "latent_dist"):
-            z = out.latent_dist.sample(generator)
-        elif hasattr(out, "latents"):
-            z = out.latents
-        elif hasattr(out, "latent"):  # Sana's DC-AE
-            z = out.latent
+        if hasattr(out, "latents"):
+            # A VQ autoencoder (MoVQ of Kandinsky 2.2 / 3): pipelines use its latents unscaled, and
+            # in contiguous memory (Kandinsky 3's img2img repeats them): the same float sums follow.
+            z = out.latents.contiguous()
         else:
-            z = out[0]
-        z = self.normalise(z)
+            if hasattr(out, "latent_dist"):
+                z = out.latent_dist.sample(generator)
+            elif hasattr(out, "latent"):  # Sana's DC-AE
+                z = out.latent
+            else:
+                z = out[0]
+            z = self.normalise(z)
         return z[:, :, 0] if z.ndim == 5 else z
