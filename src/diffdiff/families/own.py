@@ -50,14 +50,29 @@ def latents_form(pipe: Any) -> Optional[Any]:
         return pipe
     if "strength" not in params:
         return None
-    try:
-        from diffusers import AutoPipelineForText2Image
-
-        t2i = AutoPipelineForText2Image.from_pipe(pipe)
-    except Exception:  # no text-to-image form in diffusers' table
+    t2i = _text_to_image_form(pipe)
+    if t2i is None:
         return None
     t2i_params = call_parameter_names(t2i)
     return t2i if "latents" in t2i_params and "strength" not in t2i_params else None
+
+
+def _text_to_image_form(pipe: Any) -> Optional[Any]:
+    """The same components under diffusers' text-to-image pipeline: its AutoPipeline table, else the
+    class diffusers' naming gives it (``ChromaImg2ImgPipeline`` -> ``ChromaPipeline``)."""
+    import diffusers
+
+    try:
+        return diffusers.AutoPipelineForText2Image.from_pipe(pipe)
+    except Exception:  # not in diffusers' table
+        pass
+    cls = getattr(diffusers, type(pipe).__name__.replace("Img2Img", ""), None)
+    if cls is None or cls is type(pipe):
+        return None
+    try:
+        return cls(**pipe.components)
+    except Exception:  # different components
+        return None
 
 
 def obstacle(pipe: Any) -> Optional[str]:
