@@ -107,3 +107,16 @@ def test_every_module_says_what_it_owns(name: str) -> None:
     tree = ast.parse(_modules()[name].read_text())
     doc = ast.get_docstring(tree)
     assert doc and len(doc.split()) >= 5, f"{name} has no docstring saying what it owns"
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    """``diffdiff --help`` starts without torch/diffusers (the package's names load on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom diffdiff.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0 and 'edit' in r.output\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
