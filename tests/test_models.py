@@ -30,10 +30,13 @@ from diffdiff.testing import build_tiny_flux, build_tiny_sd3, sample_image
 from diffdiff.tiny_models import (
     build_tiny_chroma,
     build_tiny_flux_kontext,
+    build_tiny_hunyuandit,
     build_tiny_kandinsky3,
+    build_tiny_lumina2,
     build_tiny_pixart_sigma,
     build_tiny_qwen_image,
     build_tiny_sana,
+    build_tiny_z_image,
 )
 
 STEPS = 4
@@ -41,14 +44,18 @@ HALF = np.zeros((64, 64), np.float32)
 HALF[:, 32:] = 1.0  # left half keep, right half change
 ONE = np.ones((64, 64), np.float32)
 
-BUILDERS = {
-    "pixart_sigma": (build_tiny_pixart_sigma, "PixArtSigmaPipeline"),
-    "chroma": (build_tiny_chroma, "ChromaPipeline"),
-    "flux_kontext": (build_tiny_flux_kontext, "FluxKontextPipeline"),
-    "kandinsky3": (build_tiny_kandinsky3, "Kandinsky3Pipeline"),
-    "qwen_image": (build_tiny_qwen_image, "QwenImagePipeline"),
-    "sana": (build_tiny_sana, "SanaPipeline"),
+BUILDERS = {  # name: (builder, the pipeline the editor drives, the family detected)
+    "pixart_sigma": (build_tiny_pixart_sigma, "PixArtSigmaPipeline", "own-noise"),
+    "chroma": (build_tiny_chroma, "ChromaPipeline", "own-noise"),
+    "flux_kontext": (build_tiny_flux_kontext, "FluxKontextPipeline", "own-noise"),
+    "kandinsky3": (build_tiny_kandinsky3, "Kandinsky3Pipeline", "own-noise"),
+    "qwen_image": (build_tiny_qwen_image, "QwenImagePipeline", "own-noise"),
+    "sana": (build_tiny_sana, "SanaPipeline", "own-noise"),
+    "lumina2": (build_tiny_lumina2, "Lumina2Pipeline", "own-noise"),
+    "hunyuandit": (build_tiny_hunyuandit, "HunyuanDiTPipeline", "own-noise"),
+    "z_image": (build_tiny_z_image, "ZImageImg2ImgPipeline", "generic"),  # diffusers' img2img, driven as is
 }
+OWN = [name for name, spec in BUILDERS.items() if spec[2] == "own-noise"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +69,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models18")
-    return {name: build(root / name) for name, (build, _) in BUILDERS.items()}
+    return {name: spec[0](root / name) for name, spec in BUILDERS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +86,7 @@ def _latents(ed: Editor, change: np.ndarray, strength: float = 1.0, num_images: 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_family_detected_halves_and_batch(name: str, editors: dict[str, Editor]) -> None:
     ed = editors[name]
-    assert ed.family == "own-noise"
-    assert type(ed.pipe).__name__ == BUILDERS[name][1]
+    assert (type(ed.pipe).__name__, ed.family) == BUILDERS[name][1:]
     img = sample_image(64, 64, seed=3)
     out = ed.edit(img, HALF, "a red cat", num_inference_steps=STEPS, seed=7, num_images=2)
     src = np.asarray(img)
@@ -93,7 +99,16 @@ def test_family_detected_halves_and_batch(name: str, editors: dict[str, Editor])
     assert ed.last_run.total_steps == STEPS and len(ed.last_run.records) == STEPS - 1
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+def test_z_image_full_change_equals_its_img2img(editors: dict[str, Editor]) -> None:
+    import diffusers
+
+    ed = editors["z_image"]
+    ours = _latents(ed, ONE, strength=0.75, num_images=2)
+    ref = _sibling_latents(diffusers.ZImageImg2ImgPipeline(**ed.pipe.components), 0.75, STEPS, 2, lambda x: x)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("name", OWN)
 def test_black_half_ends_nearer_the_clean_latents(name: str, editors: dict[str, Editor]) -> None:
     ed = editors[name]
     half = _latents(ed, HALF, steps=8)
@@ -200,10 +215,11 @@ def test_pack_unpack_round_trip() -> None:
 
 def test_layouts_detected_from_components(editors: dict[str, Editor]) -> None:
     layouts = {name: (ed.adapter.codec.layout.name, ed.adapter.codec.frames, ed.vae_scale())  # type: ignore[attr-defined]
-               for name, ed in editors.items()}
+               for name, ed in editors.items() if name in OWN}
     assert layouts == {
         "pixart_sigma": ("grid", False, 8), "chroma": ("packed", False, 8), "flux_kontext": ("packed", False, 8),
         "kandinsky3": ("grid", False, 8), "qwen_image": ("packed", True, 4), "sana": ("grid", False, 2),
+        "lumina2": ("grid", False, 8), "hunyuandit": ("grid", False, 8),
     }
 
 

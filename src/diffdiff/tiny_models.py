@@ -201,3 +201,79 @@ def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
     SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)).save_pretrained(path)
     return path
+
+
+def build_tiny_lumina2(path: str | Path, seed: int = 0) -> Path:
+    """Lumina-Image 2.0: NextDiT on 16-channel flow latents, Gemma 2 captions; text-to-image only."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    path = Path(path)
+    tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=16, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(2, 2, 4), axes_lens=(320, 32, 32),
+        cap_feat_dim=8,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
+        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, attn_implementation="eager",
+    )).eval()
+    Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed),
+                    text_encoder=text_encoder, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+def build_tiny_z_image(path: str | Path, seed: int = 0) -> Path:
+    """Z-Image: single-stream DiT on 16-channel flow latents, a Qwen3 text encoder (img2img pipeline)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    path = Path(path)
+    tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", ("<|im_start|>", "<|im_end|>"))
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(path.parent / f".tok-{path.name}")
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[2, 2, 4], axes_lens=[64, 32, 32],
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen3Model(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=8, vocab_size=len(tok), bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+    )).eval()
+    ZImageImg2ImgPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
+                          text_encoder=text_encoder, tokenizer=tok, transformer=transformer).save_pretrained(path)
+    return path
+
+
+def build_tiny_hunyuandit(path: str | Path, seed: int = 0) -> Path:
+    """HunyuanDiT: DiT on SD's latents, BERT + T5 captions, DDPM; no timesteps/sigmas argument, text-to-image only."""
+    from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    (tok_dir / "bert").mkdir(parents=True, exist_ok=True)
+    (tok_dir / "bert" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_CHARS]))
+    bert_tok = BertTokenizer(str(tok_dir / "bert" / "vocab.txt"), model_max_length=77)
+    t5_tok, t5 = _t5(tok_dir / "t5", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed + 1)
+    bert = BertModel(BertConfig(vocab_size=len(bert_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=80)).eval()
+    torch.manual_seed(seed)
+    transformer = HunyuanDiT2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+        cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=16, text_len=77,
+        text_len_t5=256,
+    ).eval()
+    HunyuanDiTPipeline(vae=tiny_vae(seed), text_encoder=bert, tokenizer=bert_tok, transformer=transformer,
+                       scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                                               clip_sample=False, steps_offset=1),
+                       safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                       text_encoder_2=t5, tokenizer_2=t5_tok).save_pretrained(path)
+    return path
