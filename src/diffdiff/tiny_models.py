@@ -239,7 +239,7 @@ def build_tiny_z_image(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1, n_refiner_layers=1,
-        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[2, 2, 4], axes_lens=[64, 32, 32],
+        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[2, 2, 4], axes_lens=[512, 32, 32],
     ).eval()
     torch.manual_seed(seed + 1)
     text_encoder = Qwen3Model(Qwen3Config(
