@@ -21,12 +21,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffdiff import Editor, UnsupportedModelError, read_metadata
+from diffdiff import DiffDiffError, Editor, UnsupportedModelError, read_metadata
 from diffdiff.cli import app
+from diffdiff.families import ADAPTERS, register_adapter
 from diffdiff.families import own as own_family
 from diffdiff.families.own import VIDEO_ISSUE, OwnNoiseAdapter
 from diffdiff.layouts import pack_2x2, unpack_2x2
-from diffdiff.testing import build_tiny_flux, build_tiny_sd3, sample_image
+from diffdiff.testing import build_tiny_flux, build_tiny_sd3, make_scheduler, sample_image, tiny_vae
 from diffdiff.tiny_models import (
     build_tiny_chroma,
     build_tiny_flux_kontext,
@@ -164,17 +165,21 @@ def t2i_pipes(tiny_sd_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     }
 
 
-@pytest.mark.parametrize("name,sibling,strength,steps", [
-    ("sd", "StableDiffusionImg2ImgPipeline", 0.6, 5),  # Euler: init_noise_sigma != 1
-    ("sd", "StableDiffusionImg2ImgPipeline", 1.0, 4),
-    ("sd3", "StableDiffusion3Img2ImgPipeline", 0.55, 10),  # flow truncation: 10 x 0.55 runs 6
-    ("flux", "FluxImg2ImgPipeline", 0.8, 4),  # packed latents
+@pytest.mark.parametrize("name,sibling,strength,steps,scheduler", [
+    ("sd", "StableDiffusionImg2ImgPipeline", 0.6, 5, None),  # Euler: init_noise_sigma != 1
+    ("sd", "StableDiffusionImg2ImgPipeline", 1.0, 4, None),
+    ("sd", "StableDiffusionImg2ImgPipeline", 0.6, 5, "ddim"),
+    ("sd", "StableDiffusionImg2ImgPipeline", 0.75, 4, "dpm++"),  # multistep: truncated sigmas stay aligned
+    ("sd3", "StableDiffusion3Img2ImgPipeline", 0.55, 10, None),  # flow truncation: 10 x 0.55 runs 6
+    ("flux", "FluxImg2ImgPipeline", 0.8, 4, None),  # packed latents, resolution-dependent shift
 ])
 def test_own_noising_of_text_to_image_equals_img2img_sibling(name: str, sibling: str, strength: float, steps: int,
-                                                             t2i_pipes: dict[str, Any]) -> None:
+                                                             scheduler: Any, t2i_pipes: dict[str, Any]) -> None:
     import diffusers
 
     t2i = t2i_pipes[name]
+    if scheduler is not None:
+        t2i = type(t2i)(**{**t2i.components, "scheduler": make_scheduler(scheduler)})
     ed = Editor(t2i, progress=False)
     ed.adapter = OwnNoiseAdapter(t2i)  # force our own noising on a family diffusers also drives itself
     ed.adapter.model_name = ed.model_name
@@ -296,6 +301,63 @@ def test_video_to_video_pipeline_points_to_the_video_issue(editors: dict[str, Ed
                                             scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
     message = _one_line_refusal(wan)
     assert VIDEO_ISSUE in message
+
+
+def test_pipeline_without_latents_input_is_refused_in_one_line() -> None:
+    import diffusers
+
+    transformer = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                                  out_channels=8, num_layers=1, sample_size=8, patch_size=2)
+    dit = diffusers.DiTPipeline(transformer=transformer, vae=tiny_vae(0), scheduler=diffusers.DDIMScheduler())
+    assert "takes no latents=" in _one_line_refusal(dit)
+
+
+def test_a_pipeline_that_rescales_its_latents_is_refused_at_its_first_step(editors: dict[str, Editor]) -> None:
+    import diffusers
+
+    class Rescaling(diffusers.PixArtSigmaPipeline):  # a third-party pipeline detection cannot see into
+        def prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return 2 * super().prepare_latents(*args, **kwargs)
+
+    ed = Editor(Rescaling(**editors["pixart_sigma"].pipe.components), progress=False)
+    with pytest.raises(DiffDiffError, match="did not start from the latents= it was given"):
+        ed.edit(sample_image(64, 64, seed=3), HALF, "a red cat", num_inference_steps=2, seed=1)
+
+
+def test_a_registered_family_wins_over_detection(editors: dict[str, Editor]) -> None:
+    class Mine(OwnNoiseAdapter):
+        name = "mine"
+        pipeline_classes = ("PixArtSigmaPipeline",)
+
+        @classmethod
+        def matches(cls, pipe: Any) -> bool:
+            return type(pipe).__name__ in cls.pipeline_classes
+
+    register_adapter(Mine)
+    try:
+        assert Editor(editors["pixart_sigma"].pipe, progress=False).family == "mine"
+    finally:
+        ADAPTERS.remove(Mine)
+    assert Editor(editors["pixart_sigma"].pipe, progress=False).family == "own-noise"
+
+
+def _first(out: Any) -> np.ndarray:
+    return np.asarray(out[0] if isinstance(out, list) else out)
+
+
+def test_pipeline_kwargs_reach_fan_and_soft_inpaint(editors: dict[str, Editor]) -> None:
+    ed = editors["flux_kontext"]
+    img = sample_image(64, 64, seed=3)
+    kw = dict(num_inference_steps=STEPS, seed=5)
+    fans = [_first(ed.fan(img, "a red cat", columns=2, **kw, **extra))
+            for extra in ({}, {"pipeline_kwargs": {"max_sequence_length": 8}})]
+    assert not np.array_equal(*fans)
+    hole = np.zeros((64, 64), np.uint8)
+    hole[16:48, 16:48] = 255
+    soft = [_first(ed.soft_inpaint(img, hole, 4.0, "a red cat", **kw, **extra))
+            for extra in ({}, {"pipeline_kwargs": {"max_sequence_length": 8}})]
+    assert not np.array_equal(*soft)
+    np.testing.assert_array_equal(soft[1][:4], np.asarray(img)[:4])  # far from the hole: exact
 
 
 def test_path_loaded_pipeline_edits(tiny_sd_path: Path) -> None:
