@@ -378,3 +378,24 @@ def test_cli_model_folder_of_a_text_to_image_only_model(built: dict[str, Path], 
     assert res.exit_code == 0, res.output
     assert read_metadata(out)["family"] == "own-noise"
     np.testing.assert_array_equal(np.asarray(Image.open(out))[:, :32], np.asarray(Image.open(img))[:, :32])
+
+
+def test_cli_pipeline_kwargs_reach_the_call_and_bad_json_is_one_line(built: dict[str, Path], tmp_path: Path) -> None:
+    img, cmap = tmp_path / "in.png", tmp_path / "map.png"
+    sample_image(64, 64, seed=3).save(img)
+    Image.fromarray((HALF * 255).astype(np.uint8), "L").save(cmap)
+    base = ["edit", str(img), "--map", str(cmap), "-p", "a red cat", "--model", str(built["flux_kontext"]),
+            "--steps", "3", "--seed", "2"]
+    outs = []
+    for i, extra in enumerate(([], ["--pipeline-kwargs", '{"max_sequence_length": 8}'])):
+        out = tmp_path / f"out{i}.png"
+        res = CliRunner().invoke(app, [*base, "-o", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        outs.append(np.asarray(Image.open(out)))
+    assert read_metadata(tmp_path / "out1.png")["pipeline_kwargs"] == {"max_sequence_length": 8}
+    assert not np.array_equal(*outs)
+    for bad in ("{oops", "[1, 2]"):
+        res = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "bad.png"), "--pipeline-kwargs", bad])
+        assert res.exit_code != 0 and "--pipeline-kwargs" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        assert not (tmp_path / "bad.png").exists()
