@@ -100,6 +100,19 @@ def test_family_detected_halves_and_batch(name: str, editors: dict[str, Editor])
     assert ed.last_run.total_steps == STEPS and len(ed.last_run.records) == STEPS - 1
 
 
+@pytest.mark.parametrize("name", OWN)
+def test_size_off_the_grid_comes_back_at_the_input_size(name: str, editors: dict[str, Editor]) -> None:
+    ed = editors[name]
+    img = sample_image(72, 56, seed=4)  # not a multiple of any family's grid
+    change = np.zeros((56, 72), np.float32)
+    change[:, 40:] = 1.0
+    out = ed.edit(img, change, "a red cat", num_inference_steps=3, seed=2)[0]
+    assert out.size == (72, 56)
+    w, h = ed.last_run.work_size
+    assert w % ed.adapter.pixel_multiple() == 0 and h % ed.adapter.pixel_multiple() == 0
+    np.testing.assert_array_equal(np.asarray(out)[:, :40], np.asarray(img)[:, :40])
+
+
 def test_z_image_full_change_equals_its_img2img(editors: dict[str, Editor]) -> None:
     import diffusers
 
@@ -223,7 +236,7 @@ def test_layouts_detected_from_components(editors: dict[str, Editor]) -> None:
                for name, ed in editors.items() if name in OWN}
     assert layouts == {
         "pixart_sigma": ("grid", False, 8), "chroma": ("packed", False, 8), "flux_kontext": ("packed", False, 8),
-        "kandinsky3": ("grid", False, 8), "qwen_image": ("packed", True, 4), "sana": ("grid", False, 2),
+        "kandinsky3": ("grid", False, 8), "qwen_image": ("packed", True, 4), "sana": ("grid", False, 32),
         "lumina2": ("grid", False, 8), "hunyuandit": ("grid", False, 8),
     }
 

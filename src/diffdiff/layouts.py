@@ -143,11 +143,22 @@ class LatentCodec:
         return cls(pipe=pipe, vae=vae, layout=detect_layout(pipe), frames=has_frame_axis(vae), scale=vae_scale(pipe))
 
     def pixel_multiple(self) -> int:
-        return self.scale * self.layout.grid_multiple
+        """Work sizes are multiples of this: the VAE's scale times what the denoiser needs of its grid
+        (2 for 2x2 packing, the patch size of a DiT that patchifies itself, 2^(levels-1) for a UNet)."""
+        return self.scale * max(self.layout.grid_multiple, self.grid_multiple())
+
+    def grid_multiple(self) -> int:
+        _, denoiser = component(self.pipe, DENOISER_NAMES)
+        if self.layout.name == "packed" or denoiser is None:
+            return self.layout.grid_multiple
+        patch = _cfg(denoiser, "patch_size", None)
+        if patch is not None:
+            return int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
+        blocks = _cfg(denoiser, "block_out_channels", None)
+        return 2 ** (len(blocks) - 1) if blocks else 1
 
     def latent_hw(self, width: int, height: int) -> tuple[int, int]:
-        m = self.layout.grid_multiple
-        return m * (height // (self.scale * m)), m * (width // (self.scale * m))
+        return height // self.scale, width // self.scale
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The image as a [-1, 1] tensor, through the pipeline's own image processor where it has one."""

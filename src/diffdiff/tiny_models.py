@@ -78,8 +78,9 @@ def build_tiny_kandinsky3(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     tok, t5 = _t5(path.parent / f".tok-{path.name}", d_model=32, seed=seed + 2)
     torch.manual_seed(seed)
+    # four levels, as the real model: its pipeline sizes latents in multiples of 8 (images of 64 px)
     unet = Kandinsky3UNet(in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
-                          block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=32).eval()
+                          block_out_channels=(32, 32, 64, 64), cross_attention_dim=4, encoder_hid_dim=32).eval()
     movq = VQModel(
         # four levels: the pipeline assumes the real x8 geometry
         block_out_channels=(32, 32, 32, 64),
@@ -171,7 +172,7 @@ def _char_gemma_tokenizer(folder: Path):
 
 
 def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
-    """Sana: linear-attention DiT on a DC-AE (x32 compression here: 2 levels, x2), Gemma 2, flow matching."""
+    """Sana: linear-attention DiT on a DC-AE (x32, as the real one), Gemma 2, flow matching."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
@@ -184,12 +185,14 @@ def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
         sample_size=32,
     ).eval()
     torch.manual_seed(seed)
+    # six levels: the real x32 compression (the pipeline wants sizes in multiples of 32)
     vae = AutoencoderDC(
         in_channels=3, latent_channels=4, attention_head_dim=2,
-        encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
-        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+        encoder_block_types=("ResBlock",) * 5 + ("EfficientViTBlock",),
+        decoder_block_types=("ResBlock",) * 5 + ("EfficientViTBlock",),
+        encoder_block_out_channels=(8,) * 6, decoder_block_out_channels=(8,) * 6,
+        encoder_qkv_multiscales=((),) * 5 + ((5,),), decoder_qkv_multiscales=((),) * 5 + ((5,),),
+        encoder_layers_per_block=(1,) * 6, decoder_layers_per_block=[1] * 6, downsample_block_type="conv",
         upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
         scaling_factor=0.41407,
     ).eval()
