@@ -79,8 +79,8 @@ def _fmt_row(r: Row) -> str:
 
 
 #: Families of issue 18 (diffdiff.tiny_models): text-to-image, instruction-edit and packed-latent pipelines.
-NEW_FAMILIES = ["pixart_sigma", "sana", "lumina2", "hunyuandit", "kandinsky3", "qwen_image", "chroma", "flux_kontext",
-                "z_image"]
+NEW_FAMILIES = ["pixart_sigma", "sana", "lumina2", "hunyuandit", "cogview4", "kandinsky3", "qwen_image", "chroma",
+                "flux_kontext", "z_image"]
 
 
 def build_families(root: Path, names: list[str], report: Report) -> dict[str, Any]:

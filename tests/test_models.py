@@ -1,7 +1,7 @@
 """Every diffusers image model (issue 18): our own img2img through the scheduler seam.
 
 Tiny random pipelines (:mod:`diffdiff.tiny_models`, 64 px, 4 steps) for PixArt-Sigma, Chroma,
-Flux Kontext, Kandinsky 3, Qwen-Image and Sana are saved once and loaded back with
+Flux Kontext, Kandinsky 3, Qwen-Image, Sana, Lumina2, HunyuanDiT, CogView4 and Z-Image are saved once and loaded back with
 ``Editor.from_pretrained``. Per family: detected from its components, the map-0 half is
 byte-identical, the map-1 half changes, a batch gives different images, and in latent space the
 black half ends nearer the clean latents than with a full-change map. Where diffusers has an
@@ -30,6 +30,7 @@ from diffdiff.layouts import pack_2x2, unpack_2x2
 from diffdiff.testing import build_tiny_flux, build_tiny_sd3, make_scheduler, sample_image, tiny_vae
 from diffdiff.tiny_models import (
     build_tiny_chroma,
+    build_tiny_cogview4,
     build_tiny_flux_kontext,
     build_tiny_hunyuandit,
     build_tiny_kandinsky3,
@@ -54,6 +55,7 @@ BUILDERS = {  # name: (builder, the pipeline the editor drives, the family detec
     "sana": (build_tiny_sana, "SanaPipeline", "own-noise"),
     "lumina2": (build_tiny_lumina2, "Lumina2Pipeline", "own-noise"),
     "hunyuandit": (build_tiny_hunyuandit, "HunyuanDiTPipeline", "own-noise"),
+    "cogview4": (build_tiny_cogview4, "CogView4Pipeline", "own-noise"),
     "z_image": (build_tiny_z_image, "ZImageImg2ImgPipeline", "generic"),  # diffusers' img2img, driven as is
 }
 OWN = [name for name, spec in BUILDERS.items() if spec[2] == "own-noise"]
@@ -206,15 +208,27 @@ def test_own_noising_of_text_to_image_equals_img2img_sibling(name: str, sibling:
 
 # --- the two blend routes, layouts ------------------------------------------------------------------
 
-def test_step_wrapper_blend_equals_callback_blend(editors: dict[str, Editor], monkeypatch: pytest.MonkeyPatch) -> None:
-    # PixArt has no callback_on_step_end, so its blend runs from scheduler.step; on Sana (which has
-    # the callback) both routes must give the same latents.
-    ed = editors["sana"]
-    via_callback = _latents(ed, HALF, num_images=2)
-    monkeypatch.setattr(own_family, "blends_in_callback", lambda pipe: False)
+@pytest.mark.parametrize("name", ["sana", "qwen_image"])
+def test_step_wrapper_blend_equals_callback_blend(name: str, editors: dict[str, Editor],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The seam blends from scheduler.step; on pipelines whose callback_on_step_end is honest the
+    # callback route must give the same latents.
+    ed = editors[name]
     via_step = _latents(ed, HALF, num_images=2)
-    assert torch.equal(via_callback, via_step)
+    monkeypatch.setattr(OwnNoiseAdapter, "use_callback", True)
+    via_callback = _latents(ed, HALF, num_images=2)
     assert len(ed.last_run.records) == STEPS - 1
+    assert torch.equal(via_callback, via_step)
+
+
+def test_cogview4_callback_is_handed_the_sigma_so_the_seam_blends(editors: dict[str, Editor],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ed = editors["cogview4"]
+    _latents(ed, HALF)
+    assert [r.global_step for r in ed.last_run.records] == list(range(1, STEPS))
+    monkeypatch.setattr(OwnNoiseAdapter, "use_callback", True)  # what the callback route would do
+    _latents(ed, HALF)
+    assert len(ed.last_run.records) < STEPS - 1
 
 
 def test_pixart_has_no_step_callback_and_blends_in_step(editors: dict[str, Editor]) -> None:
@@ -237,7 +251,7 @@ def test_layouts_detected_from_components(editors: dict[str, Editor]) -> None:
     assert layouts == {
         "pixart_sigma": ("grid", False, 8), "chroma": ("packed", False, 8), "flux_kontext": ("packed", False, 8),
         "kandinsky3": ("grid", False, 8), "qwen_image": ("packed", True, 4), "sana": ("grid", False, 32),
-        "lumina2": ("grid", False, 8), "hunyuandit": ("grid", False, 8),
+        "lumina2": ("grid", False, 8), "hunyuandit": ("grid", False, 8), "cogview4": ("grid", False, 8),
     }
 
 

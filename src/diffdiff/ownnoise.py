@@ -13,10 +13,12 @@ each model evaluation. :class:`ScheduleSeam` wraps those two methods for one pip
   this moment, not before the call, lets the pipeline compute its own schedule first (Flux's
   resolution-dependent shift).
 * ``step``: the first call checks that the pipeline really started from those latents (a pipeline
-  that copied them before scheduling is refused in one line, never silently run from noise).
-  When the pipeline has no ``callback_on_step_end`` (PixArt), the change-map blend
-  (:class:`diffdiff.hook.DifferentialStep`) runs here after each step; otherwise it runs in the
-  callback, as for the img2img families. Both routes apply the same hook to the same latents.
+  that copied or rescaled them is refused in one line, never silently run from noise). The
+  change-map blend (:class:`diffdiff.hook.DifferentialStep`) runs here after each step, with the
+  timestep the scheduler really stepped with: every pipeline has this seam (PixArt has no
+  ``callback_on_step_end``) and it cannot be misled by a callback that is handed something else
+  (CogView4 passes its callback the sigma). ``callback_on_step_end`` remains available
+  (``blend_in_step=False``) and gives the same latents where the pipeline's callback is honest.
 
 The result: where a pipeline has an img2img sibling (SD, SD3, Flux, Qwen-Image, Chroma), our
 own noising reproduces the sibling's latents for the same seed.

@@ -3,9 +3,9 @@
 Companion of :mod:`diffdiff.testing` (SD, SDXL, SD3, Flux, Kandinsky 2.2, IF, LCM), same rules:
 configs in code (hidden sizes 8-32, one or two layers), tokenizers written by hand because none
 ship offline, ``save_pretrained`` so callers load them back through the real ``from_pretrained``.
-Builders: PixArt-Sigma (text-to-image only), Chroma, Flux Kontext (instruction edit, Flux's
-components), Kandinsky 3 (``movq`` autoencoder), Qwen-Image (2x2 packing on a 5-D video-style VAE)
-and Sana (DC-AE, x32).
+Builders: PixArt-Sigma, Sana (DC-AE, x32), Lumina2, HunyuanDiT, CogView4 (text-to-image only),
+Chroma, Flux Kontext (instruction edit, Flux's components), Kandinsky 3 (``movq`` autoencoder),
+Qwen-Image (2x2 packing on a 5-D video-style VAE) and Z-Image (an img2img pipeline).
 """
 
 from __future__ import annotations
@@ -155,8 +155,10 @@ def build_tiny_qwen_image(path: str | Path, seed: int = 0) -> Path:
 
 
 def _char_gemma_tokenizer(folder: Path):
-    """A character-level Gemma tokenizer (WordLevel over characters) with Gemma's special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A character-level Gemma tokenizer (WordLevel over characters) with Gemma's special tokens.
+
+    Also serves CogView4, whose GLM tokenizer is any fast tokenizer with a pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import GemmaTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,6 +167,9 @@ def _char_gemma_tokenizer(folder: Path):
         vocab.setdefault(ch, len(vocab))
     inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     inner.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    # A leading <bos>, as Gemma's own tokenizer adds: an empty prompt is never zero tokens.
+    inner.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                         special_tokens=[("<bos>", vocab["<bos>"])])
     tok = GemmaTokenizerFast(tokenizer_object=inner, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                              unk_token="<unk>")
     tok.save_pretrained(folder)
@@ -279,4 +284,29 @@ def build_tiny_hunyuandit(path: str | Path, seed: int = 0) -> Path:
                                                clip_sample=False, steps_offset=1),
                        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
                        text_encoder_2=t5, tokenizer_2=t5_tok).save_pretrained(path)
+    return path
+
+
+def build_tiny_cogview4(path: str | Path, seed: int = 0) -> Path:
+    """CogView4: DiT on 16-channel flow latents with a GLM text encoder; text-to-image only."""
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    path = Path(path)
+    tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")  # any fast tokenizer with a pad token
+    torch.manual_seed(seed)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        text_embed_dim=16, time_embed_dim=8, condition_dim=4, pos_embed_max_size=32, sample_size=8,
+        rope_axes_dim=(4, 4),
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = GlmModel(GlmConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=8, vocab_size=len(tok), pad_token_id=tok.pad_token_id, max_position_embeddings=512,
+    )).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                use_dynamic_shifting=True, time_shift_type="linear")
+    CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=_flow_vae(seed), transformer=transformer,
+                     scheduler=scheduler).save_pretrained(path)
     return path

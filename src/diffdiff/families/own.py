@@ -21,7 +21,7 @@ Img2img pipelines on a plain grid that the generic family drives exactly with th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -98,6 +98,11 @@ class OwnNoiseAdapter(Adapter):
 
     name = "own-noise"
     pass_size = True
+    #: Blend from ``callback_on_step_end`` where the pipeline has one, instead of from the seam's
+    #: ``scheduler.step`` wrapper. Off: the wrapper sees the timestep the scheduler really steps
+    #: with, while some pipelines hand their callback something else (CogView4 passes the sigma).
+    #: Both routes give identical latents where the callback is honest (tested on Sana).
+    use_callback: ClassVar[bool] = False
 
     def __init__(self, pipe: Any, **parts: Any) -> None:
         form = latents_form(pipe)
@@ -165,7 +170,7 @@ class OwnNoiseAdapter(Adapter):
         capture = NoiseCapture(pipe.scheduler, self.noise_method)  # records the seam's own noising
         hook = self.hook_for(work, capture, job)
         seam.hook = hook
-        seam.blend_in_step = not blends_in_callback(pipe)
+        seam.blend_in_step = not (self.use_callback and blends_in_callback(pipe))
         skip = self.skip_for(pipe, hook, planned, job, work.grid_width, work.width)
         kwargs = dict(work.kwargs, latents=latents, output_type=job.output)
         images = run_stage(pipe, kwargs, hook, capture, skip, work.info, seam=seam,
