@@ -396,12 +396,13 @@ def test_path_loaded_pipeline_edits(tiny_sd_path: Path) -> None:
     assert out[0].size == (64, 64)
 
 
-def test_cli_model_folder_of_a_text_to_image_only_model(built: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", OWN)
+def test_cli_model_folder_of_each_family(name: str, built: dict[str, Path], tmp_path: Path) -> None:
     img, cmap, out = tmp_path / "in.png", tmp_path / "map.png", tmp_path / "out.png"
     sample_image(64, 64, seed=3).save(img)
     Image.fromarray((HALF * 255).astype(np.uint8), "L").save(cmap)
     res = CliRunner().invoke(app, ["edit", str(img), "--map", str(cmap), "-p", "a red cat", "-o", str(out),
-                                   "--model", str(built["pixart_sigma"]), "--steps", "3", "--seed", "2"])
+                                   "--model", str(built[name]), "--steps", "3", "--seed", "2"])
     assert res.exit_code == 0, res.output
     assert read_metadata(out)["family"] == "own-noise"
     np.testing.assert_array_equal(np.asarray(Image.open(out))[:, :32], np.asarray(Image.open(img))[:, :32])

@@ -219,10 +219,13 @@ def draw_start(codec: LatentCodec, image: Any, num_images: int, generator: torch
 
     The posterior sample comes first (batch 1, then repeated), then one noise tensor for the batch,
     both from ``generator`` (``diffusers.utils.torch_utils.randn_tensor``, as the pipelines draw it).
+    The image is encoded in the VAE's dtype; latents and noise are in ``dtype`` (the denoiser's),
+    so a pipeline with an fp32 VAE under an fp16 denoiser gets its ``latents=`` without a copy.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    clean = codec.encode(image, generator, device, dtype)
+    vae_dtype = getattr(codec.vae, "dtype", dtype)
+    clean = codec.encode(image, generator, device, vae_dtype).to(dtype)
     clean = torch.cat([clean] * num_images) if num_images > 1 else clean
     noise = randn_tensor(tuple(clean.shape), generator=generator, device=torch.device(device), dtype=dtype)
     return clean, noise

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from ..hook import NoiseCapture
-from ..layouts import VAE_NAMES, LatentCodec, component
+from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
 from ..ownnoise import ScheduleSeam, blends_in_callback, draw_start, noise_method, planned_steps, size_kwargs
 from ..pipeinfo import accepted_kwargs, call_parameter_names
 from ..request import EditRequest
@@ -159,7 +159,8 @@ class OwnNoiseAdapter(Adapter):
         request = job.request
         pipe = self.pipe
         device = pipe._execution_device
-        dtype = getattr(self.codec.vae, "dtype", torch.float32)
+        _, denoiser = component(pipe, DENOISER_NAMES)
+        dtype = getattr(denoiser, "dtype", None) or getattr(self.codec.vae, "dtype", torch.float32)
         with torch.inference_mode():
             clean, noise = draw_start(self.codec, work.image, request.num_images, work.generator, device, dtype)
         planned = self.planned_steps(request.num_inference_steps, request.strength)
