@@ -427,3 +427,16 @@ def test_cli_pipeline_kwargs_reach_the_call_and_bad_json_is_one_line(built: dict
         assert res.exit_code != 0 and "--pipeline-kwargs" in res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
         assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize("name", ["chroma", "pixart_sigma"])
+def test_crop_denoises_only_the_changed_box(name: str, editors: dict[str, Editor]) -> None:
+    ed = editors[name]
+    img = sample_image(128, 128, seed=3)
+    change = np.zeros((128, 128), np.float32)
+    change[40:80, 50:90] = 1.0
+    out = np.asarray(ed.edit(img, change, "a red cat", num_inference_steps=3, seed=7, crop=True, crop_padding=8)[0])
+    src = np.asarray(img)
+    assert ed.last_run.work_size[0] < 128 and ed.last_run.work_size[1] < 128
+    np.testing.assert_array_equal(out[change == 0], src[change == 0])
+    assert np.abs(out[change > 0].astype(int) - src[change > 0]).mean() > 5
