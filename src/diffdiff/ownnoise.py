@@ -101,8 +101,8 @@ class ScheduleSeam:
 
     ``clean`` (1 or B, C, h, w) are the normalised image latents, ``noise`` (B, C, h, w) the noise,
     ``latents`` the tensor passed as the pipeline's ``latents=`` (in its layout; filled here).
-    ``hook`` is the change-map blend; ``blend_in_step`` runs it from ``scheduler.step`` for
-    pipelines without ``callback_on_step_end``.
+    ``hook`` is the change-map blend; ``blend_in_step`` runs it from ``scheduler.step`` (what the
+    own-noise family does; False leaves it to the pipeline's ``callback_on_step_end``).
     """
 
     pipe: Any
@@ -178,7 +178,7 @@ class ScheduleSeam:
         if not ok:
             raise DiffDiffError(f"{type(self.pipe).__name__} did not start from the latents= it was given "
                                 "(it copies or rescales them); diffdiff cannot drive it: register an adapter "
-                                "(diffdiff.adapters.register_adapter)")
+                                "(diffdiff.families.register_adapter)")
 
     def __enter__(self) -> ScheduleSeam:
         sched = self.scheduler
