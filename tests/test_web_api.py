@@ -378,7 +378,8 @@ def test_full_queue_gives_503_retry_after_then_recovers(live_gated: tuple[str, G
 # the command ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--port", "0"], "--port"), (["--queue-size", "-1"], "--queue-size"), (["--max-pixels", "0"], "--max-pixels")],
+    [(["--port", "0"], "--port"), (["--queue-size", "-1"], "--queue-size"), (["--max-pixels", "0"], "--max-pixels"),
+     (["--max-steps", "1"], "--max-steps")],
 )
 def test_serve_rejects_bad_options_before_loading(args: list[str], needle: str) -> None:
     from typer.testing import CliRunner
@@ -399,6 +400,235 @@ def test_serve_help_documents_defaults() -> None:
 
     result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
     assert result.exit_code == 0
-    for option in ("--model", "--host", "--port", "--max-pixels", "--queue-size"):
+    for option in ("--model", "--host", "--port", "--max-pixels", "--queue-size", "--max-steps", "--no-ui"):
         assert option in result.output
     assert "127.0.0.1" in result.output
+
+
+# the contract: what the schema says is what the server does (issue 16) -----------------------------
+def test_empty_prompt_is_an_unconditional_edit_but_a_missing_one_is_422(client: TestClient, image: Image.Image) -> None:
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "", "steps": STEPS, "seed": "4"})
+    assert r.status_code == 200, r.text
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["prompt"] == ""
+    r = client.post("/api/auto-map", files={"image": ("a.png", png(image))},
+                    data={"source_prompt": "", "target_prompt": "", "num_maps": "1", "seed": "0"})
+    assert r.status_code == 200, r.text
+    assert_json_error(client.post("/api/auto-map", files={"image": ("a.png", png(image))},
+                                  data={"source_prompt": ""}), 422, "target_prompt: Field required")
+    schema = client.get("/openapi.json").json()
+    for path, names in (("/api/edit", {"prompt"}), ("/api/diffedit", {"source_prompt", "target_prompt"})):
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        assert names <= set(body["required"])
+        assert all(body["properties"][n]["type"] == "string" and "minLength" not in body["properties"][n] for n in names)
+
+
+def test_a_field_sent_twice_is_422(client: TestClient, image: Image.Image) -> None:
+    files = [("image", ("a.png", png(image))), ("map", ("m.png", png(half_map(96, 64)))),
+             ("prompt", (None, "a")), ("prompt", (None, "b"))]
+    assert_json_error(client.post("/api/edit", files=files, data={"steps": STEPS}), 422, "prompt: sent 2 times")
+
+
+def test_schema_declares_ranges_enums_and_errors(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    comps = schema["components"]["schemas"]
+
+    def body(path: str) -> dict[str, Any]:
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        return comps[ref.rsplit("/", 1)[-1]]["properties"]
+
+    def core(prop: dict[str, Any]) -> dict[str, Any]:  # the non-empty branch of an optional field
+        return prop["anyOf"][0] if "anyOf" in prop else prop
+
+    edit = body("/api/edit")
+    assert (core(edit["steps"])["minimum"], core(edit["steps"])["maximum"]) == (1, 500)
+    assert (core(edit["strength"])["minimum"], core(edit["strength"])["maximum"]) == (0, 1)
+    assert core(edit["polarity"])["enum"] == ["change", "keep"]
+    assert core(edit["seed"])["minimum"] == 0 and isinstance(core(edit["seed"])["maximum"], int)
+    assert edit["image"]["type"] == "string" and "contentMediaType" in edit["image"]
+    # No field may be null on the wire (multipart cannot carry it); an empty value means the default.
+    assert "null" not in json.dumps(edit)
+    assert core(body("/api/diffedit")["steps"])["minimum"] == 2
+    assert core(body("/api/diffedit")["threshold"])["exclusiveMaximum"] == 1
+    for path in ("/api/edit", "/api/fan", "/api/auto-map", "/api/diffedit"):
+        op = schema["paths"][path]["post"]
+        assert {"200", "413", "422", "501", "503"} <= set(op["responses"]), path
+        for code in ("413", "422", "501", "503"):
+            assert op["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+        assert op["requestBody"]["content"]["multipart/form-data"]["encoding"]["image"]["contentType"] == "image/*"
+
+
+def test_max_steps_is_the_schema_maximum_and_enforced(sd_editor: Editor, image: Image.Image) -> None:
+    with TestClient(create_app(sd_editor, ui=False, max_steps=6)) as c:
+        schema = c.get("/openapi.json").json()
+        ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        assert schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]["steps"]["anyOf"][0]["maximum"] == 6
+        assert c.get("/api/health").json()["max_steps"] == 6
+        assert_json_error(c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": "7"}),
+                          422, "steps")
+        assert c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": "6"}).status_code == 200
+
+
+@pytest.mark.parametrize("ui", [False, True])
+def test_undeclared_method_is_405_with_allow_and_unknown_path_404(sd_editor: Editor, ui: bool) -> None:
+    if ui:
+        pytest.importorskip("gradio")
+    with TestClient(create_app(sd_editor, ui=ui)) as c:
+        for method, path, allow in (("TRACE", "/api/edit", "POST"), ("GET", "/api/fan", "POST"),
+                                    ("DELETE", "/api/health", "GET"), ("PUT", "/api/diffedit", "POST")):
+            r = c.request(method, path)
+            assert_json_error(r, 405, method)
+            assert r.headers["allow"] == allow
+        assert_json_error(c.get("/api/nothing-here"), 404, "/api/nothing-here")
+        assert c.get("/api/health").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def sd3_editor(tmp_path_factory: pytest.TempPathFactory) -> Editor:
+    from diffdiff.testing import build_tiny_sd3
+
+    return Editor.from_pretrained(build_tiny_sd3(tmp_path_factory.mktemp("sd3") / "tiny-sd3"), progress=False)
+
+
+def test_operation_the_family_lacks_is_501(sd3_editor: Editor, image: Image.Image) -> None:
+    """DiffEdit and auto maps need an SD/SDXL denoiser: on SD3 they are 501, and health says so."""
+    with TestClient(create_app(sd3_editor, ui=False)) as c:
+        assert c.get("/api/health").json()["features"] == {"edit": True, "fan": True, "auto_map": False, "diffedit": False}
+        files = {"image": ("a.png", png(image))}
+        prompts = {"source_prompt": "a", "target_prompt": "b", "seed": "0"}
+        assert_json_error(c.post("/api/auto-map", files=files, data={**prompts, "num_maps": "1"}), 501, "sd3")
+        assert_json_error(c.post("/api/diffedit", files=files, data={**prompts, "steps": "2"}), 501, "sd3")
+        r = c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": "2", "seed": "1"})
+        assert r.status_code == 200, r.text
+
+
+# the command without the web extra --------------------------------------------------------------
+#: Run in ONE fresh interpreter (importing the CLI costs seconds): per case, a sys.meta_path finder
+#: makes the listed modules unimportable (and drops them from sys.modules), then `diffdiff serve` runs.
+WITHOUT_EXTRA = """
+import contextlib, io, json, sys
+from importlib.abc import MetaPathFinder
+
+blocked = set()
+
+class Blocker(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from diffdiff.cli import app
+
+results = []
+for names, args in CASES:
+    blocked.clear()
+    blocked.update(names)
+    for loaded in [m for m in sys.modules if m.split(".")[0] in blocked]:
+        del sys.modules[loaded]  # imported by an earlier case (or by fastapi itself): gone now
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            # Without standalone mode click returns the exit code of typer.Exit instead of exiting.
+            code = app(["serve", "--model", "/nonexistent/model", *args], standalone_mode=False) or 0
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException as exc:
+            code = repr(exc)
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+EXTRA_CASES: list[tuple[list[str], list[str], str]] = [
+    (["fastapi"], [], "fastapi is missing"),
+    (["uvicorn"], ["--no-ui"], "uvicorn is missing"),
+    (["python_multipart", "multipart"], [], "python_multipart is missing"),
+    (["gradio"], [], "or serve the API alone with --no-ui"),
+    (["gradio"], ["--no-ui"], ""),  # the API alone needs no Gradio: gets as far as the model path
+]
+
+
+@pytest.fixture(scope="module")
+def without_extra() -> list[tuple[Any, str]]:
+    import subprocess
+    import sys
+
+    cases = [[names, args] for names, args, _ in EXTRA_CASES]
+    code = f"CASES = {cases!r}\n" + WITHOUT_EXTRA
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+@pytest.mark.parametrize("index", range(len(EXTRA_CASES) - 1))
+def test_serve_without_the_web_extra_says_how_to_install_it(without_extra: list[tuple[Any, str]], index: int) -> None:
+    code, stderr = without_extra[index]
+    needle = EXTRA_CASES[index][2]
+    assert code == 1, (code, stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr  # one line, no traceback, before any model loading
+    assert lines[0].startswith("error: ") and 'pip install "diffdiff[web]"' in lines[0] and needle in lines[0], lines
+
+
+def test_serve_api_only_needs_no_gradio(without_extra: list[tuple[Any, str]]) -> None:
+    code, stderr = without_extra[-1]
+    assert code == 1, (code, stderr)
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "/nonexistent/model" in last and "diffdiff[web]" not in last, stderr
+
+
+def test_broken_multipart_is_400_and_seed_range_is_the_schemas(client: TestClient, image: Image.Image) -> None:
+    r = client.post("/api/edit", content=b"--xyz\r\nContent-Disposition: form-da",
+                    headers={"content-type": "multipart/form-data"})  # no boundary: unparsable
+    assert_json_error(r, 400, "boundary")
+    r = client.post("/api/edit", content=b"--xyz\r\nContent-Disposition: form-da",
+                    headers={"content-type": "multipart/form-data; boundary=xyz"})  # cut short: no fields
+    assert_json_error(r, 422, "image: Field required")
+    # Seeds go up to 2**53 - 1, the largest integer every JSON client holds exactly; the schema says so.
+    top = 2**53 - 1
+    ok = client.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x", "steps": STEPS, "seed": str(top)})
+    assert ok.status_code == 200 and ok.headers["x-diffdiff-seed"] == str(top)
+    assert_json_error(client.post("/api/edit", files=edit_files(image, half_map(96, 64)),
+                                  data={"prompt": "x", "steps": STEPS, "seed": str(top + 1)}), 422, "seed")
+    schema = client.get("/openapi.json").json()
+    ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    assert schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]["seed"]["anyOf"][0]["maximum"] == top
+
+
+def test_readme_limits_are_the_schemas_and_the_servers(client: TestClient, image: Image.Image) -> None:
+    """The limits the README states: schema bounds, and the server refusing just past them."""
+    schema = client.get("/openapi.json").json()
+
+    def props(path: str) -> dict[str, Any]:
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+
+    edit, fan = props("/api/edit"), props("/api/fan")
+    assert (edit["guidance"]["anyOf"][0]["minimum"], edit["guidance"]["anyOf"][0]["maximum"]) == (0, 100)
+    assert edit["prompt"]["maxLength"] == 10_000 and props("/api/diffedit")["source_prompt"]["maxLength"] == 10_000
+    for name in ("min_strength", "max_strength"):
+        assert (fan[name]["anyOf"][0]["minimum"], fan[name]["anyOf"][0]["maximum"]) == (0, 1)
+    files = edit_files(image, half_map(96, 64))
+    assert_json_error(client.post("/api/edit", files=files, data={"prompt": "x" * 10_001}), 422, "prompt")
+    assert_json_error(client.post("/api/edit", files=files, data={"prompt": "x", "guidance": "100.5"}), 422, "guidance")
+    # An optional field sent empty takes its default.
+    r = client.post("/api/edit", files=files, data={"prompt": "x", "steps": STEPS, "polarity": "", "strength": "", "seed": "3"})
+    assert r.status_code == 200, r.text
+    meta = read_metadata(Image.open(io.BytesIO(r.content)))
+    assert (meta["polarity"], meta["strength"]) == ("change", 1.0)
+    # A fan needs an image at least `columns` pixels wide.
+    narrow = png(sample_image(8, 64, seed=1))
+    assert_json_error(client.post("/api/fan", files={"image": ("a.png", narrow)}, data={"prompt": "x", "columns": "9"}),
+                      422, "too narrow")
+    assert client.post("/api/fan", files={"image": ("a.png", narrow)},
+                       data={"prompt": "x", "columns": "8", "steps": STEPS}).status_code == 200
+
+
+@pytest.mark.parametrize("size", [(1, 1), (16, 1), (1, 16)])
+def test_fan_of_a_one_pixel_row_or_column(client: TestClient, size: tuple[int, int]) -> None:
+    """Schema-valid, so it must work: the fan's band map of a 1-pixel-tall image stays 2-D."""
+    r = client.post("/api/fan", files={"image": ("a.png", png(sample_image(*size, seed=1)))},
+                    data={"prompt": "x", "columns": "1", "steps": STEPS, "seed": "1"})
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == size

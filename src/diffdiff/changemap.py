@@ -74,7 +74,12 @@ def map_to_array(change_map: MapLike, polarity: Polarity = "change") -> np.ndarr
                 arr = change_map.astype(np.float64)
         else:
             raise DiffDiffError(f"change map must be a PIL image, numpy array or tensor, got {type(change_map).__name__}")
-        arr = np.squeeze(arr)
+        # Drop batch/channel axes of size 1 ((1, 1, H, W), (1, H, W), (H, W, 1)), never H or W
+        # themselves: a 1-pixel-tall (1, W) map is a map (np.squeeze made it 1-D).
+        while arr.ndim > 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim > 2 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):
             arr = arr[..., :3].mean(-1)
         if arr.ndim != 2:

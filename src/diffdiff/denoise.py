@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from .errors import DiffDiffError
+from .errors import DiffDiffError, UnsupportedFeatureError
 from .protocol import EditorLike
 
 #: Families whose denoiser we know how to call directly.
@@ -28,7 +28,7 @@ SUPPORTED_FAMILIES = ("sd", "sdxl")
 def require_family(editor: EditorLike) -> None:
     """Automatic maps and DiffEdit call the UNet themselves: only for the families they know."""
     if editor.family not in SUPPORTED_FAMILIES:
-        raise DiffDiffError(
+        raise UnsupportedFeatureError(
             f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {editor.family} family"
         )
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import crop, diffedit, fan, softinpaint
+from . import crop, diffedit, fan, softinpaint, videoedit
 from .automap import auto_map
 from .changemap import MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
@@ -31,6 +31,7 @@ from .perf import configure_memory
 from .pipeinfo import as_img2img
 from .request import CropResolution, EditRequest, OutputType
 from .version import __version__
+from .video import DEFAULT_MAX_FRAMES, MapSource, VideoLike
 
 __all__ = ["DEFAULT_MAX_PIXELS", "FEW_STEPS", "DiffDiffWarning", "Editor", "RunInfo", "check_pixel_limit"]
 
@@ -301,6 +302,41 @@ class Editor:
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
         configure_memory(self, *self.work_size(*source.size))
         out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+        return out
+
+    # video (logic in videoedit.py / video.py) ----------------------------------------------------
+    def edit_video(
+        self,
+        video: VideoLike,
+        change_map: MapSource,
+        prompt: str,
+        negative_prompt: Optional[str] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: Optional[float] = None,
+        strength: float = 1.0,
+        seed: Optional[int] = None,
+        polarity: Polarity = "change",
+        map_ramp: Optional[tuple[float, float]] = None,
+        output_type: OutputType = "pil",
+        paste_back: bool = True,
+        max_frames: Optional[int] = DEFAULT_MAX_FRAMES,
+        metadata: Optional[dict[str, Any]] = None,
+        pipeline_kwargs: Optional[dict[str, Any]] = None,
+    ) -> Any:
+        """Edit a clip (path, list of PIL frames or uint8 array) where its change map allows; returns frames.
+
+        ``change_map``: one map for every frame, a map video of the same length, a folder or list
+        of per-frame maps, or None with ``map_ramp`` = (start, end), which scales frame k's map by
+        a factor growing linearly from start to end. A latent frame gets the maximum of the maps
+        of the frames it packs; frames are pasted back where their own map is 0. Video families only.
+        """
+        request = EditRequest(
+            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, strength=strength, seed=seed, polarity=polarity, output_type=output_type,
+            paste_back=paste_back, pipeline_kwargs=dict(pipeline_kwargs or {}), metadata=dict(metadata or {}),
+        )
+        out, self.last_run = videoedit.edit_video(self.adapter, self.model_name, video, change_map, request,
+                                                  map_ramp, max_frames, self.max_pixels)
         return out
 
     # soft-inpainting and the strength fan (logic in softinpaint.py / fan.py) ----------------------

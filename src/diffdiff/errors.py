@@ -17,3 +17,7 @@ class ModelLoadError(DiffDiffError):
 
 class DiffDiffWarning(UserWarning):
     """Something the user should know about a run (shown by the CLI as a one-line warning)."""
+
+
+class UnsupportedFeatureError(DiffDiffError):
+    """The loaded model's family cannot do this operation (e.g. DiffEdit on SD3); the server answers 501."""

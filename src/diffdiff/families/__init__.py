@@ -1,7 +1,9 @@
 """Model families: one small adapter per family, and the registry that picks one for a pipeline.
 
 Each family is a file in this package (``sd``, ``flow``, ``kandinsky``, ``deepfloyd``,
-``own``, ``generic``) holding an :class:`~diffdiff.families.base.Adapter` subclass. The registry tries
+``own`` (any ``latents=`` pipeline, detected from its components), ``generic``; video-to-video:
+``wan``, ``cogvideox``, ``animatediff`` on the shared ``video`` base) holding an
+:class:`~diffdiff.families.base.Adapter` subclass. The registry tries
 the registered families in order and falls back to :class:`GenericAdapter`, which drives any
 img2img pipeline exposing ``latents`` to its step callback. :func:`register_adapter` adds a
 family diffdiff does not ship (place it first so it wins over the generic fallback).
@@ -12,32 +14,41 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..errors import DiffDiffError, UnsupportedModelError
+from .animatediff import AnimateDiffAdapter
 from .base import Adapter, Job, PartSpec, RunInfo, run_stage
+from .cogvideox import CogVideoXAdapter
 from .deepfloyd import DeepFloydIFAdapter
 from .flow import FluxAdapter, StableDiffusion3Adapter
 from .generic import GenericAdapter
 from .kandinsky import DEFAULT_KANDINSKY_PRIOR, KandinskyAdapter
 from .own import OwnNoiseAdapter, obstacle
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
+from .video import VIDEO_FAMILIES, RefusedVideoAdapter, VideoAdapter
+from .wan import WanAdapter
 
 __all__ = [
-    "ADAPTERS", "DEFAULT_KANDINSKY_PRIOR", "Adapter", "DeepFloydIFAdapter", "FluxAdapter", "GenericAdapter", "Job",
-    "KandinskyAdapter", "OwnNoiseAdapter", "PartSpec", "RunInfo", "StableDiffusion3Adapter", "StableDiffusionAdapter",
-    "StableDiffusionXLAdapter", "adapter_class", "adapter_for", "check_parts", "load_as_class", "register_adapter",
-    "run_stage", "supported_families",
+    "ADAPTERS", "Adapter", "AnimateDiffAdapter", "CogVideoXAdapter", "DEFAULT_KANDINSKY_PRIOR",
+    "DeepFloydIFAdapter", "FluxAdapter", "GenericAdapter", "Job", "KandinskyAdapter", "OwnNoiseAdapter", "PartSpec",
+    "RunInfo", "StableDiffusion3Adapter", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "VideoAdapter",
+    "WanAdapter", "adapter_class", "adapter_for", "check_parts", "load_as_class", "register_adapter", "run_stage",
+    "supported_families",
 ]
 
 #: Families tried in order; the generic adapter comes last.
 ADAPTERS: list[type[Adapter]] = [
     StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, KandinskyAdapter,
-    DeepFloydIFAdapter, OwnNoiseAdapter,
+    DeepFloydIFAdapter, WanAdapter, CogVideoXAdapter, AnimateDiffAdapter,
+    RefusedVideoAdapter, OwnNoiseAdapter,
 ]
+VIDEO_FAMILIES.extend([WanAdapter, CogVideoXAdapter, AnimateDiffAdapter])
 
 
 def register_adapter(adapter: type[Adapter], first: bool = True) -> None:
     """Add a model family (placed before the existing ones so it wins over the generic fallback)."""
     if adapter in ADAPTERS:
         return
+    if issubclass(adapter, VideoAdapter) and adapter not in VIDEO_FAMILIES:
+        VIDEO_FAMILIES.append(adapter)  # named in the video refusals
     if first:
         ADAPTERS.insert(0, adapter)
     else:
@@ -45,7 +56,7 @@ def register_adapter(adapter: type[Adapter], first: bool = True) -> None:
 
 
 def supported_families() -> list[str]:
-    return [a.name for a in ADAPTERS] + [GenericAdapter.name]
+    return [a.name for a in ADAPTERS if a is not RefusedVideoAdapter] + [GenericAdapter.name]
 
 
 def _part_option(name: str) -> str:

@@ -131,7 +131,8 @@ def run_stage(
     info.records += hook.records
     if skip is not None:
         info.denoised_fractions += skip.fractions
-    return result.images
+    # Image pipelines return ``images``; video pipelines (Wan, CogVideoX, AnimateDiff) ``frames``.
+    return result.images if hasattr(result, "images") else result.frames
 
 
 def _legacy_callback(pipe: Any, hook: DifferentialStep) -> Callable[[int, Any, torch.Tensor], None]:

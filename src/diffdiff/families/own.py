@@ -34,8 +34,8 @@ from ..request import EditRequest
 from .base import Adapter, Job, RunInfo, run_stage
 from .generic import GenericAdapter
 
-#: Where video-to-video pipelines are tracked.
-VIDEO_ISSUE = "issue 17 (video: spatio-temporal change maps)"
+#: Where video pipelines go: the video families (``Editor.edit_video``, ``diffdiff edit-video``).
+VIDEO_POINTER = "video pipelines are edited with Editor.edit_video / 'diffdiff edit-video' by the video families"
 
 
 def is_video(pipe: Any) -> bool:
@@ -78,7 +78,7 @@ def _text_to_image_form(pipe: Any) -> Optional[Any]:
 def obstacle(pipe: Any) -> Optional[str]:
     """Why diffdiff cannot noise the image itself for ``pipe`` (one line), or None when it can."""
     if is_video(pipe):
-        return f"video-to-video pipelines are not supported yet; see {VIDEO_ISSUE}"
+        return VIDEO_POINTER
     _, vae = component(pipe, VAE_NAMES)
     if vae is None or not hasattr(vae, "encode"):
         return "it has no autoencoder (" + " / ".join(VAE_NAMES) + ") to encode the image"

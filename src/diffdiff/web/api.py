@@ -1,38 +1,137 @@
 """The REST API: ``/api/health``, ``/api/edit``, ``/api/fan``, ``/api/auto-map``, ``/api/diffedit``.
 
+This module owns the API's contract: every field's type and range is declared once, on the
+endpoint's parameters, and FastAPI both validates requests and writes the OpenAPI schema from
+those declarations; :func:`install_openapi` then describes the form fields as they travel (text
+parts: no ``null``, empty = the default). Error responses are declared too. ``tests/test_web_schema.py``
+fuzzes the running app from its own schema (schemathesis) to keep schema and server in step: a
+new field joins the fuzz by being declared here, a new file field with ``openapi_extra=_files(...)``.
+
 Uploads are decoded in memory; filenames the client sends are ignored, so nothing it sends becomes
-a path on the server. Every error is JSON ``{"error": "<one line>"}``: 413 for oversize input, 422
-for bad fields or images, 501 for a feature this version lacks, 503 + ``Retry-After`` when the
-queue is full. Model work runs in a worker thread, so the event loop keeps answering (health,
-other clients' 503s) while a job runs.
+a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
+multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
+for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
+lacks, 503 + ``Retry-After`` when the queue is full. Model work runs in a worker thread, so the
+event loop keeps answering (health, other clients' 503s) while a job runs.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import anyio
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
-from ..errors import DiffDiffError
-from .service import EditService, FeatureMissing, QueueFull, TooLarge, png_bytes
-
-PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "PNG with diffdiff's metadata text chunks"},
-    413: {"description": "image above the pixel or upload limit"},
-    422: {"description": "bad field, unreadable image or map of the wrong aspect ratio"},
-    503: {"description": "queue full; see the Retry-After header"},
-}
+from ..changemap import prepare_change_map
+from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
+from ..request import validate_edit_params
+from .service import EditService, QueueFull, TooLarge, png_bytes
 
 MAX_FAN_COLUMNS = 16
 MAX_AUTO_MAPS = 64
+#: Longest prompt accepted, in characters (CLIP reads 77 tokens; the rest only lands in the metadata).
+MAX_PROMPT_CHARS = 10_000
+#: Guidance above this is refused: far past any useful value (7.5 is typical), it only saturates the image.
+MAX_GUIDANCE = 100.0
+#: 2**53 - 1: the largest integer every JSON client (JavaScript's numbers) holds exactly.
+MAX_SEED = 2**53 - 1
+#: What file fields may carry: any image format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...).
+IMAGE_MEDIA_TYPES = "image/*"
+
+
+class ErrorBody(BaseModel):
+    """Every error response's body."""
+
+    error: str = Field(description="What was wrong, in one line")
+
+
+class QueueState(BaseModel):
+    running: int = Field(ge=0, le=1, description="Jobs on the model now (0 or 1)")
+    waiting: int = Field(ge=0, description="Jobs admitted and waiting for the model")
+    capacity: int = Field(ge=1, description="Running + waiting jobs admitted before 503")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    model: Optional[str] = Field(description="The model's name, once loaded")
+    family: Optional[str] = Field(description="Model family (sd, sdxl, sd3, flux, ...), once loaded")
+    model_loaded: bool
+    queue: QueueState
+    max_pixels: int = Field(ge=1, description="Larger images get 413")
+    max_upload_bytes: int = Field(ge=1, description="Larger uploads get 413")
+    max_steps: int = Field(ge=2, description="The most inference steps one request may ask for")
+    features: dict[str, bool] = Field(description="Operation name -> whether the loaded model can run it")
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error_response("malformed multipart body"),
+    413: _error_response("image above the pixel limit, or upload above the byte limit"),
+    422: _error_response("bad field, unreadable image, or map of another aspect ratio than the image"),
+    500: _error_response("the model failed (the server keeps serving)"),
+    501: _error_response("the loaded model's family cannot run this operation (see features in /api/health)"),
+    503: {
+        **_error_response("queue full: retry after the number of seconds in Retry-After"),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (an estimate)",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+    507: _error_response("out of memory: try a smaller image"),
+}
+
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "PNG with diffdiff's metadata text chunks",
+        "headers": {
+            "X-DiffDiff-Seed": {"description": "The seed used (recorded in the PNG too)", "schema": {"type": "string"}},
+            "X-DiffDiff-Warning": {"description": "Warnings about the run, ' | '-separated", "schema": {"type": "string"}},
+        },
+    },
+    **ERROR_RESPONSES,
+}
+
+#: Text fields that must be present but may be empty (an empty prompt is an unconditional edit).
+#: FastAPI reads an empty form value as a missing one, so they are declared with a "" default, the
+#: handler checks their presence, and :func:`install_openapi` marks them required in the schema.
+REQUIRED_TEXT: dict[str, tuple[str, ...]] = {
+    "/api/edit": ("prompt",),
+    "/api/fan": ("prompt",),
+    "/api/auto-map": ("source_prompt", "target_prompt"),
+    "/api/diffedit": ("source_prompt", "target_prompt"),
+}
+
+
+def _files(*names: str) -> dict[str, Any]:
+    """``openapi_extra`` declaring which media types the file fields carry."""
+    encoding = {n: {"contentType": IMAGE_MEDIA_TYPES} for n in names}
+    return {"requestBody": {"content": {"multipart/form-data": {"encoding": encoding}}}}
+
+
+def _text(description: str) -> Any:
+    return Form("", description=description + " (may be empty)", max_length=MAX_PROMPT_CHARS)
+
+
+def _seed() -> Any:
+    return Form(None, ge=0, le=MAX_SEED, description="Random seed [default: random]; recorded in the PNG metadata")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -44,7 +143,7 @@ def _validation_message(exc: RequestValidationError) -> str:
     for e in exc.errors():
         loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "form")]
         parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    return " ".join("; ".join(parts).split()) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -56,8 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _large(request: Request, exc: TooLarge) -> JSONResponse:
         return _error(413, str(exc))
 
-    @app.exception_handler(FeatureMissing)
-    async def _missing(request: Request, exc: FeatureMissing) -> JSONResponse:
+    @app.exception_handler(UnsupportedFeatureError)
+    async def _unsupported(request: Request, exc: UnsupportedFeatureError) -> JSONResponse:
         return _error(501, str(exc))
 
     @app.exception_handler(DiffDiffError)
@@ -70,7 +169,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return _error(exc.status_code, " ".join(str(exc.detail).split()), getattr(exc, "headers", None))
 
     @app.exception_handler(MemoryError)
     async def _oom(request: Request, exc: MemoryError) -> JSONResponse:
@@ -83,7 +182,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"{type(exc).__name__}: {first}")
 
 
-def _limit_body_size(app: FastAPI, service: EditService) -> None:
+def limit_body_size(app: FastAPI, service: EditService) -> None:
     """Refuse bodies far above the upload limit from Content-Length, before parsing them."""
     # Two files plus form fields: allow both files at the limit and some slack.
     limit = 2 * service.max_upload_bytes + (1 << 20)
@@ -97,6 +196,104 @@ def _limit_body_size(app: FastAPI, service: EditService) -> None:
         return await call_next(request)
 
 
+def guard_api_paths(app: FastAPI, router: APIRouter) -> None:
+    """Under ``/api``: 405 + ``Allow`` for an undeclared method, JSON 404 for an unknown path.
+
+    Starlette does this by itself, but the UI is mounted at ``/`` and a mount matches every path,
+    so without this guard ``TRACE /api/edit`` would reach Gradio and answer its 404.
+    """
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        if not request.url.path.startswith("/api/"):
+            return await call_next(request)
+        allowed: set[str] = set()
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            match, _ = route.matches(request.scope)
+            if match is Match.FULL:
+                return await call_next(request)
+            if match is Match.PARTIAL:
+                allowed |= route.methods
+        if allowed:
+            allow = ", ".join(sorted(allowed))
+            return _error(405, f"{request.method} is not allowed on {request.url.path}; use {allow}", {"Allow": allow})
+        return _error(404, f"no endpoint {request.url.path}; see /docs for the API")
+
+
+#: How an empty form value reads: FastAPI takes it as "not sent", so the field gets its default.
+EMPTY_MEANS_DEFAULT = {"type": "string", "maxLength": 0, "description": "empty: the default"}
+
+
+def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
+    """A multipart field's schema as it travels on the wire.
+
+    A form part is text and cannot carry JSON ``null``: an optional field is left out, or sent
+    empty, for its default; the ``null`` branch goes and an optional non-text field (a number, a
+    boolean, an enum) gains an empty-string branch. FastAPI writes every bound as a float (500.0):
+    integers get them back as ints.
+    """
+    branches = prop.get("anyOf")
+    if branches is not None:
+        kept = [b for b in branches if b.get("type") != "null"]
+        rest = {k: v for k, v in prop.items() if k != "anyOf"}
+        prop = {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+    if prop.get("type") == "integer":
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if isinstance(prop.get(key), float) and prop[key].is_integer():
+                prop[key] = int(prop[key])
+    is_text = prop.get("type") == "string" and "enum" not in prop
+    if not required and not is_text and "anyOf" not in prop:
+        meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+        prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}
+    return prop
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Finish the generated schema so it says what the server accepts on the wire.
+
+    The may-be-empty text fields of :data:`REQUIRED_TEXT` are required; form fields are
+    described as they travel, as text (:func:`_form_property`).
+    """
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = FastAPI.openapi(app)
+        if fresh:
+            components = schema.get("components", {}).get("schemas", {})
+            for path, item in schema["paths"].items():
+                body = item.get("post", {}).get("requestBody", {}).get("content", {}).get("multipart/form-data")
+                if not path.startswith("/api/") or body is None:
+                    continue
+                component = components[body["schema"]["$ref"].rsplit("/", 1)[-1]]
+                props = component["properties"]
+                names = REQUIRED_TEXT.get(path, ())
+                component["required"] = sorted(set(component.get("required", [])) | set(names))
+                for name in props:
+                    props[name] = _form_property(props[name], name in component["required"])
+                for name in names:
+                    props[name].pop("default", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _present(request: Request, names: tuple[str, ...]) -> None:
+    """422 for a field sent more than once, or a required text field not sent at all (empty is fine)."""
+    form = await request.form()  # already parsed by FastAPI: this returns the cached form
+    route = request.scope["route"]
+    declared = {field.alias for field in route.dependant.body_params}
+    counts: dict[str, int] = {}
+    for key, _ in form.multi_items():
+        if key in declared:  # other fields are ignored (the schema allows them)
+            counts[key] = counts.get(key, 0) + 1
+    repeated = [f"{k}: sent {n} times, expected one value" for k, n in counts.items() if n > 1]
+    missing = [f"{n}: Field required" for n in names if n not in counts]
+    if repeated or missing:
+        raise DiffDiffError("; ".join(repeated + missing))
+
+
 async def _read(upload: Optional[UploadFile], what: str, limit: int, required: bool = True) -> Optional[bytes]:
     if upload is None:
         if required:
@@ -104,6 +301,13 @@ async def _read(upload: Optional[UploadFile], what: str, limit: int, required: b
         return None
     # One byte past the limit is enough for decode() to report an oversize upload.
     return await upload.read(limit + 1)
+
+
+def _method(editor: Any, name: str) -> Callable[..., Any]:
+    fn = getattr(editor, name, None)
+    if not callable(fn):
+        raise UnsupportedFeatureError(f"the loaded editor has no Editor.{name}")
+    return fn  # type: ignore[no-any-return]
 
 
 async def _job(service: EditService, prepare: Callable[[], Any], work: Callable[[Any, Any], Any]) -> tuple[Any, list[str]]:
@@ -116,15 +320,7 @@ async def _job(service: EditService, prepare: Callable[[], Any], work: Callable[
             def locked(editor: Any) -> tuple[Any, list[str]]:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    try:
-                        out = work(editor, prepared)
-                    except ModuleNotFoundError as exc:
-                        # Editor methods import their module lazily; one still being written is a 501.
-                        if (exc.name or "").startswith("diffdiff"):
-                            raise FeatureMissing(f"this diffdiff version lacks {exc.name}") from exc
-                        raise
-                from ..errors import DiffDiffWarning
-
+                    out = work(editor, prepared)
                 notes = [str(w.message) for w in caught if issubclass(w.category, DiffDiffWarning)]
                 return out, notes
 
@@ -140,7 +336,8 @@ def _png_response(img: Image.Image, notes: list[str], metadata: dict[str, Any] |
         headers["X-DiffDiff-Seed"] = str(meta["seed"])
     if notes:
         # Header values must be latin-1 and one line.
-        headers["X-DiffDiff-Warning"] = " | ".join(notes).encode("latin-1", "replace").decode("latin-1")
+        text = " ".join(" | ".join(notes).split())
+        headers["X-DiffDiff-Warning"] = text.encode("latin-1", "replace").decode("latin-1")
     return Response(png_bytes(img, meta), media_type="image/png", headers=headers)
 
 
@@ -154,50 +351,50 @@ def _first_image(out: Any) -> Image.Image:
 
 def build_router(service: EditService) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["diffdiff"])
+    max_steps = service.max_steps
+    steps_help = f"Inference steps (at most {max_steps} on this server)"
 
-    @router.get("/health", summary="Liveness, model and queue state")
-    async def health() -> dict[str, Any]:
+    @router.get("/health", summary="Liveness, model and queue state", response_model=Health,
+                responses={500: ERROR_RESPONSES[500]})
+    async def health() -> Health:
         ed = service._editor
-        return {
-            "status": "ok",
-            "version": __version__,
-            "model": getattr(ed, "model_name", None),
-            "family": getattr(ed, "family", None),
-            "model_loaded": service.loaded,
-            "queue": service.stats(),
-            "max_pixels": service.max_pixels,
-            "features": {m: service.has(m) for m in ("edit", "fan", "auto_map", "diffedit")},
-        }
+        return Health(
+            status="ok", version=__version__, model=getattr(ed, "model_name", None),
+            family=getattr(ed, "family", None), model_loaded=service.loaded, queue=QueueState(**service.stats()),
+            max_pixels=service.max_pixels, max_upload_bytes=service.max_upload_bytes, max_steps=max_steps,
+            features=service.features(),
+        )
 
-    @router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE)
+    @router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
+                 openapi_extra=_files("image", "map"))
     async def edit(
-        image: UploadFile = File(..., description="Image to edit (PNG, JPEG, WebP, ...)"),
-        map: UploadFile = File(..., description="Change map: greyscale, white = change (see polarity)"),
-        prompt: str = Form(..., description="What the edited image should show"),
-        negative_prompt: Optional[str] = Form(None),
-        steps: int = Form(30, ge=1, le=500, description="Inference steps"),
-        guidance: Optional[float] = Form(None, description="Classifier-free guidance [default: the model's]"),
-        strength: float = Form(1.0, description="Maximum strength, where the map is white (0..1)"),
-        seed: Optional[int] = Form(None, description="Random seed (recorded in the PNG metadata)"),
-        polarity: str = Form("change", description="'change': white = change; 'keep': white = keep"),
+        request: Request,
+        image: UploadFile = File(..., description="Image to edit (any format Pillow reads)"),
+        map: UploadFile = File(..., description="Change map, the image's aspect ratio: greyscale, white = change (see polarity)"),
+        prompt: str = _text("What the edited image should show"),
+        negative_prompt: Optional[str] = Form(None, max_length=MAX_PROMPT_CHARS),
+        steps: int = Form(30, ge=1, le=max_steps, description=steps_help),
+        guidance: Optional[float] = Form(None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False,
+                                         description="Classifier-free guidance [default: the model's]"),
+        strength: float = Form(1.0, ge=0, le=1, allow_inf_nan=False, description="Maximum strength, where the map is white"),
+        seed: Optional[int] = _seed(),
+        polarity: Literal["change", "keep"] = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
         skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
     ) -> Response:
+        await _present(request, REQUIRED_TEXT["/api/edit"])
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
 
         def prepare() -> tuple[Image.Image, Image.Image]:
-            from ..changemap import prepare_change_map
-            from ..request import validate_edit_params
-
             validate_edit_params(prompt, steps, guidance, strength, 1, polarity, seed)
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
-            prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # aspect check before queueing on the model
+            prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
             return img, cmap
 
         def work(ed: Any, p: tuple[Image.Image, Image.Image]) -> Any:
-            return ed.edit(
+            return _method(ed, "edit")(
                 p[0], p[1], prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
                 skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
@@ -207,44 +404,44 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(_first_image(out), notes)
 
     @router.post("/fan", summary="Strength fan: one row of edits at increasing strength",
-                 response_class=Response, responses=PNG_RESPONSE)
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "map"))
     async def fan(
-        image: UploadFile = File(...),
-        prompt: str = Form(...),
-        map: Optional[UploadFile] = File(None, description="Optional change map (default: change everywhere)"),
+        request: Request,
+        image: UploadFile = File(..., description="Image (at least `columns` pixels wide)"),
+        prompt: str = _text("What the edited image should show"),
+        map: Optional[UploadFile] = File(None, description="Optional change map, the image's aspect ratio (default: change everywhere)"),
         columns: int = Form(5, ge=1, le=MAX_FAN_COLUMNS),
-        min_strength: float = Form(0.0, ge=0.0, le=1.0),
-        max_strength: float = Form(1.0, ge=0.0, le=1.0),
-        negative_prompt: Optional[str] = Form(None),
-        steps: int = Form(30, ge=1, le=500),
-        guidance: Optional[float] = Form(None),
-        seed: Optional[int] = Form(None),
-        polarity: str = Form("change"),
+        min_strength: float = Form(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Leftmost column's strength (<= max_strength)"),
+        max_strength: float = Form(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Rightmost column's strength"),
+        negative_prompt: Optional[str] = Form(None, max_length=MAX_PROMPT_CHARS),
+        steps: int = Form(30, ge=1, le=max_steps, description=steps_help),
+        guidance: Optional[float] = Form(None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False),
+        seed: Optional[int] = _seed(),
+        polarity: Literal["change", "keep"] = Form("change"),
         skip_frozen: bool = Form(True, description="Model only on the columns free at each step (false: full frame)"),
     ) -> Response:
-        service.require("fan")
+        await _present(request, REQUIRED_TEXT["/api/fan"])
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
 
         def prepare() -> tuple[Image.Image, Optional[Image.Image]]:
-            from ..changemap import prepare_change_map
-            from ..request import validate_edit_params
-
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
             if min_strength > max_strength:
                 raise DiffDiffError(f"min_strength ({min_strength}) is above max_strength ({max_strength})")
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
+            if img.size[0] < columns:
+                raise DiffDiffError(f"the image is {img.size[0]} px wide: too narrow for {columns} columns")
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
-                prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]
+                prepare_change_map(cmap, img.size, polarity)
             return img, cmap
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
                                   "guidance_scale": guidance, "seed": seed, "polarity": polarity,
                                   "skip_frozen": skip_frozen}
-            return ed.fan(p[0], prompt, columns=columns, min_strength=min_strength, max_strength=max_strength,
-                          change_map=p[1], **kw)
+            return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
+                                      max_strength=max_strength, change_map=p[1], **kw)
 
         out, notes = await _job(service, prepare, work)
         img = _first_image(out)
@@ -255,26 +452,25 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(img, notes, meta)
 
     @router.post("/auto-map", summary="Change map from source/target prompts (DiffEdit-style)",
-                 response_class=Response, responses=PNG_RESPONSE)
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"))
     async def auto_map(
-        image: UploadFile = File(...),
-        source_prompt: str = Form(..., description="What the image shows now"),
-        target_prompt: str = Form(..., description="What it should show"),
-        num_maps: int = Form(10, ge=1, le=MAX_AUTO_MAPS),
-        encode_strength: float = Form(0.5, gt=0.0, le=1.0),
-        seed: Optional[int] = Form(None),
+        request: Request,
+        image: UploadFile = File(..., description="Image (any format Pillow reads)"),
+        source_prompt: str = _text("What the image shows now"),
+        target_prompt: str = _text("What it should show"),
+        num_maps: int = Form(10, ge=1, le=MAX_AUTO_MAPS, description="Noise draws averaged"),
+        encode_strength: float = Form(0.5, gt=0.0, le=1.0, allow_inf_nan=False),
+        seed: Optional[int] = _seed(),
     ) -> Response:
-        service.require("auto_map")
+        await _present(request, REQUIRED_TEXT["/api/auto-map"])
         img_data = await _read(image, "image", service.max_upload_bytes)
 
         def prepare() -> Image.Image:
-            if seed is not None and not 0 <= seed < 2**63:
-                raise DiffDiffError(f"seed must be a non-negative integer, got {seed}")
             return service.decode(img_data, "image")  # type: ignore[arg-type]
 
         def work(ed: Any, img: Image.Image) -> Any:
-            return ed.auto_map(img, source_prompt, target_prompt, num_maps=num_maps,
-                               encode_strength=encode_strength, seed=seed)
+            return _method(ed, "auto_map")(img, source_prompt, target_prompt, num_maps=num_maps,
+                                           encode_strength=encode_strength, seed=seed)
 
         out, notes = await _job(service, prepare, work)
         img = _first_image(out)
@@ -285,30 +481,29 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(img, notes, meta)
 
     @router.post("/diffedit", summary="DiffEdit: automatic mask from prompts, then a masked edit",
-                 response_class=Response, responses=PNG_RESPONSE)
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "mask"))
     async def diffedit(
-        image: UploadFile = File(...),
-        source_prompt: str = Form(...),
-        target_prompt: str = Form(...),
-        mask: Optional[UploadFile] = File(None, description="Optional mask (default: computed from the prompts)"),
-        threshold: float = Form(0.5, ge=0.0, le=1.0),
-        steps: int = Form(30, ge=1, le=500),
-        seed: Optional[int] = Form(None),
+        request: Request,
+        image: UploadFile = File(..., description="Image (any format Pillow reads)"),
+        source_prompt: str = _text("What the image shows now"),
+        target_prompt: str = _text("What it should show"),
+        mask: Optional[UploadFile] = File(None, description="Optional mask, the image's aspect ratio (default: computed from the prompts)"),
+        threshold: float = Form(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description="Auto mask: where the map is above this"),
+        steps: int = Form(30, ge=2, le=max_steps, description=steps_help + "; half of them are inverted, so at least 2"),
+        seed: Optional[int] = _seed(),
     ) -> Response:
-        service.require("diffedit")
+        await _present(request, REQUIRED_TEXT["/api/diffedit"])
         img_data = await _read(image, "image", service.max_upload_bytes)
         mask_data = await _read(mask, "mask", service.max_upload_bytes, required=False)
 
         def prepare() -> tuple[Image.Image, Optional[Image.Image]]:
-            if seed is not None and not 0 <= seed < 2**63:
-                raise DiffDiffError(f"seed must be a non-negative integer, got {seed}")
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             m = service.decode(mask_data, "mask") if mask_data is not None else None
             return img, m
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image]]) -> Any:
-            return ed.diffedit(p[0], source_prompt, target_prompt, mask=p[1], threshold=threshold,
-                               num_inference_steps=steps, seed=seed)
+            return _method(ed, "diffedit")(p[0], source_prompt, target_prompt, mask=p[1], threshold=threshold,
+                                           num_inference_steps=steps, seed=seed)
 
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)

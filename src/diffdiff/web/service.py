@@ -18,14 +18,23 @@ from typing import Any, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from ..denoise import SUPPORTED_FAMILIES
 from ..errors import DiffDiffError
+from ..io import pnginfo_for
 
 T = TypeVar("T")
+
+#: The operations the API and the UI offer, as :class:`~diffdiff.Editor` method names.
+FEATURES = ("edit", "fan", "auto_map", "diffedit")
+#: Those that call the denoiser directly, which only some families support (:mod:`diffdiff.denoise`).
+NEEDS_NOISE_PREDICTOR = ("auto_map", "diffedit")
 
 #: 2048 x 2048: larger inputs are refused (413) before they are decoded.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 #: Jobs allowed to wait while one runs.
 DEFAULT_QUEUE_SIZE = 4
+#: Most inference steps one request may ask for (the schema's ``maximum`` for every steps field).
+DEFAULT_MAX_STEPS = 500
 #: Uploads above this many bytes are refused before they are parsed (also 413).
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
@@ -42,10 +51,6 @@ class TooLarge(DiffDiffError):
     """An upload exceeds the configured pixel or byte limit (HTTP 413)."""
 
 
-class FeatureMissing(DiffDiffError):
-    """The installed diffdiff has no such editor method yet (HTTP 501)."""
-
-
 EditorSource = Union[Any, Callable[[], Any]]
 
 
@@ -58,11 +63,16 @@ class EditService:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        max_steps: int = DEFAULT_MAX_STEPS,
     ) -> None:
         if max_pixels < 1:
             raise DiffDiffError(f"max_pixels must be positive, got {max_pixels}")
         if queue_size < 0:
             raise DiffDiffError(f"queue_size must be >= 0, got {queue_size}")
+        if max_steps < 2:  # DiffEdit needs two steps (one inverted at its encode ratio of 0.5)
+            raise DiffDiffError(f"max_steps must be >= 2, got {max_steps}")
+        if max_upload_bytes < 1:
+            raise DiffDiffError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
         # An Editor has .edit; anything else callable is a loader (tests pass a lambda).
         if hasattr(editor_or_loader, "edit"):
             self._editor: Any = editor_or_loader
@@ -75,6 +85,7 @@ class EditService:
         self.max_pixels = int(max_pixels)
         self.queue_size = int(queue_size)
         self.max_upload_bytes = int(max_upload_bytes)
+        self.max_steps = int(max_steps)
         self._worker = threading.Lock()  # the one model: one job at a time
         self._count_lock = threading.Lock()
         self._admitted = 0  # running + waiting
@@ -93,16 +104,22 @@ class EditService:
             self._editor = self._loader()
         return self._editor
 
-    def has(self, method: str) -> bool:
-        """Whether the editor class offers ``method`` (features land at different times)."""
-        from ..editor import Editor
+    def features(self) -> dict[str, bool]:
+        """Which operations the model can run: DiffEdit and auto maps need an SD or SDXL family.
 
-        target = self._editor if self._editor is not None else Editor
-        return callable(getattr(target, method, None))
-
-    def require(self, method: str) -> None:
-        if not self.has(method):
-            raise FeatureMissing(f"this diffdiff version has no Editor.{method} yet")
+        Before a lazily loaded model is loaded its family is unknown; every feature is then
+        reported available (a request for one the model lacks gets 501 once it is loaded).
+        """
+        ed = self._editor
+        out = {}
+        for name in FEATURES:
+            if ed is None:
+                out[name] = True
+            elif not callable(getattr(ed, name, None)):
+                out[name] = False
+            else:
+                out[name] = name not in NEEDS_NOISE_PREDICTOR or getattr(ed, "family", None) in SUPPORTED_FAMILIES
+        return out
 
     # the queue ------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -174,8 +191,6 @@ class EditService:
 
 def png_bytes(img: Image.Image, metadata: dict[str, Any] | None = None) -> bytes:
     """Encode ``img`` as PNG with diffdiff's text chunks (the same ones the CLI writes)."""
-    from ..io import pnginfo_for
-
     buf = io.BytesIO()
     meta = metadata if metadata is not None else img.info.get("diffdiff")
     img.save(buf, format="PNG", pnginfo=pnginfo_for(meta) if meta else None)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import itertools
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-from ..errors import DiffDiffError
+from .. import maps
+from ..errors import DiffDiffError, DiffDiffWarning
 from .service import EditService, QueueFull, png_bytes
 
 UI_CSS = """
@@ -90,39 +92,16 @@ def fit_map(change_map: Image.Image, size: tuple[int, int]) -> Image.Image:
     return m if m.size == size else m.resize(size, Image.Resampling.BILINEAR)
 
 
-def simple_gradient(size: tuple[int, int], direction: str) -> Image.Image:
-    """Fallback when :mod:`diffdiff.maps` is unavailable: a linear ramp."""
-    w, h = size
-    if direction in ("top-bottom", "bottom-top"):
-        t = np.broadcast_to(np.linspace(0, 1, h)[:, None], (h, w))
-    else:
-        t = np.broadcast_to(np.linspace(0, 1, w)[None, :], (h, w))
-    if direction in ("right-left", "bottom-top"):
-        t = 1 - t
-    return Image.fromarray(np.round(t * 255).astype(np.uint8), "L")
-
-
 def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strength: float, polarity: str) -> tuple[Image.Image, str]:
     """The map over the image with the levels ``steps`` x ``strength`` will use, and a summary."""
     total = min(int(steps * strength), steps)
-    try:
-        from .. import maps
-
-        pv = maps.preview(image, change_map, steps, strength, polarity)  # type: ignore[arg-type]
-        used = len([k for k, c in pv.info.get("diffdiff_levels", {}).items() if c and k > 0])
-    except ImportError:  # toolkit not installed: a plain red tint
-        from ..changemap import prepare_change_map
-
-        ch = prepare_change_map(change_map, image.size, polarity)  # type: ignore[arg-type]
-        base = np.asarray(image.convert("RGB"), dtype=np.float64)
-        tint = base * (1 - 0.6 * ch[..., None]) + np.array([230.0, 40.0, 40.0]) * 0.6 * ch[..., None]
-        pv = Image.fromarray(np.round(tint).astype(np.uint8), "RGB")
-        used = -1
+    pv = maps.preview(image, change_map, steps, strength, polarity)  # type: ignore[arg-type]
+    used = len([k for k, c in pv.info.get("diffdiff_levels", {}).items() if c and k > 0])
     if total == 0:
         text = "**0 steps will run** (steps × strength < 1): the result will be the input."
     else:
         text = (f"**{total}** of {steps} steps will run: the map is quantised to **{total + 1} levels**"
-                + (f", {used} of them used by this map (besides 'keep')." if used >= 0 else "."))
+                + f", {used} of them used by this map (besides 'keep').")
     return pv, text
 
 
@@ -152,10 +131,6 @@ def build_ui(service: EditService) -> Any:
 
     def run_job(fn: Any, progress: Any) -> Any:
         """Run ``fn(editor)`` in the shared queue, mapping our errors to Gradio's message boxes."""
-        import warnings
-
-        from ..errors import DiffDiffWarning
-
         progress(0.0, desc="waiting for the model")
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -212,19 +187,12 @@ def build_ui(service: EditService) -> Any:
         img = canvas_image(value)
         if img is None:
             raise gr.Error("Upload an image first.")
-        try:
-            from .. import maps
-
-            return maps.gradient(img.size, direction=direction)  # type: ignore[return-value]
-        except ImportError:
-            return simple_gradient(img.size, direction)
+        return maps.gradient(img.size, direction=direction)  # type: ignore[return-value]
 
     def make_soft(value: Any, base: Optional[Image.Image], softness: float) -> Image.Image:
         img, cmap = need(value, base)
         if not np.any(np.asarray(cmap) >= 128):
             raise gr.Error("Paint the region to regenerate first (opaque white), then soften it.")
-        from .. import maps
-
         return fit_map(maps.soft_map(cmap, float(softness)), img.size)  # type: ignore[arg-type]
 
     def make_auto(value: Any, source: str, target: str, seed: Any, progress: Any = gr.Progress()) -> Image.Image:
@@ -285,6 +253,8 @@ def build_ui(service: EditService) -> Any:
     if service.loaded:
         adapter = getattr(service._editor, "adapter", None)
         default_guidance = adapter.default_guidance() if adapter is not None else None
+    features = service.features()
+    family = getattr(service._editor, "family", None)
     with gr.Blocks(title="diffdiff") as demo:
         gr.Markdown(HEADER, elem_id="dd-header")
         history = gr.State([])
@@ -311,8 +281,9 @@ def build_ui(service: EditService) -> Any:
                             with gr.Row():
                                 src_prompt = gr.Textbox(label="Now shows", placeholder="a photo of a bowl of apples")
                                 tgt_prompt = gr.Textbox(label="Should show", placeholder="a photo of a bowl of pears")
-                            auto_ok = service.has("auto_map")
-                            auto_btn = gr.Button("Auto map from prompts" if auto_ok else "Auto map (needs a newer diffdiff)",
+                            auto_ok = features["auto_map"]
+                            auto_btn = gr.Button("Auto map from prompts" if auto_ok else
+                                                 f"Auto map (not for the {family} family)",
                                                  interactive=auto_ok, elem_id="dd-auto")
                             with gr.Row():
                                 show_btn = gr.Button("Show map and levels", size="sm", elem_id="dd-show")
@@ -338,7 +309,7 @@ def build_ui(service: EditService) -> Any:
                 meta = gr.JSON(label="Parameters of the latest result", open=False)
 
             with gr.Tab("Strength fan", id="fan"):
-                if service.has("fan"):
+                if features["fan"]:
                     gr.Markdown("One run whose columns go from the minimum to the maximum strength, left to right. "
                                 "Uses the image, prompt and settings of the **Edit** tab.")
                     with gr.Row():
@@ -352,10 +323,10 @@ def build_ui(service: EditService) -> Any:
                     fan_btn.click(run_fan, [canvas, base_map, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
                                             fan_map], fan_out)
                 else:
-                    gr.Markdown("The strength fan needs a newer diffdiff (`Editor.fan`).")
+                    gr.Markdown("The loaded editor has no strength fan (`Editor.fan`).")
 
             with gr.Tab("DiffEdit", id="diffedit"):
-                if service.has("diffedit"):
+                if features["diffedit"]:
                     gr.Markdown("DiffEdit finds the region from the two prompts, inverts the image and re-generates "
                                 "only there. Uses the image of the **Edit** tab.")
                     with gr.Row():
@@ -371,7 +342,7 @@ def build_ui(service: EditService) -> Any:
                                       interactive=False)
                     de_btn.click(run_diffedit, [canvas, base_map, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
                 else:
-                    gr.Markdown("DiffEdit needs a newer diffdiff (`Editor.diffedit`).")
+                    gr.Markdown(f"DiffEdit supports SD 1.x/2.x and SDXL, not the loaded {family} family.")
 
             with gr.Tab("REST API", id="api"):
                 gr.Markdown(API_HELP)

@@ -1,0 +1,180 @@
+"""Video edit / plain video-to-video, per video family, on the tiny models of ``diffdiff.testing_video``.
+
+    python benchmarks/bench_video.py              # 9 frames at 128x128, 8 steps, 7 pairs (a few minutes)
+    python benchmarks/bench_video.py --quick      # 9 frames at 64x64, 4 steps, 3 pairs
+
+Each row times ``Editor.edit_video`` (a left-right gradient map, so every latent frame is graded)
+against the same pipeline called as plain diffusers video-to-video with the same seed, steps,
+size and frames, interleaved after a warm-up of each (the harness's pair ratios), checks that
+both make the same network calls (forward hooks), and times our own code directly (outside the
+pipeline call plus inside the step hook), the overhead without the machine's noise. The table replaces the "## Video" section of
+``benchmarks/RESULTS.md`` (``run.py`` keeps it when it rewrites its own table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import HERE, PROMPT, machine, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
+
+HEADING = "## Video"
+
+
+def model_calls(pipe: Any, fn: Callable[[], Any]) -> dict[str, int]:
+    """How often ``fn`` runs each network of ``pipe`` (denoiser, VAE encoder and decoder, text encoder)."""
+    import torch
+
+    counts: dict[str, int] = {}
+    handles = []
+    for key, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        parts = {key: module}
+        for half in ("encoder", "decoder"):
+            if isinstance(getattr(module, half, None), torch.nn.Module):
+                parts[f"{key}.{half}"] = getattr(module, half)
+        for name, part in parts.items():
+            def count(*_: Any, name: str = name) -> None:
+                counts[name] = counts.get(name, 0) + 1
+            handles.append(part.register_forward_hook(count))
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
+
+
+def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
+    """Milliseconds per edit in diffdiff's own code: outside the pipeline call plus inside the step hook
+    (run.py's measure for images; the pipeline class's ``__call__`` and the hook are timed)."""
+    import functools
+
+    from diffdiff import hook as hook_module
+
+    spent = {"pipeline": 0.0, "hook": 0.0}
+
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        @functools.wraps(fn)  # keeps the signature diffdiff reads from pipelines
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    cls = type(ed.pipe)
+    saved = cls.__dict__.get("__call__")
+    hook_call = hook_module.DifferentialStep.__call__
+    try:
+        cls.__call__ = timed(cls.__call__, "pipeline")
+        hook_module.DifferentialStep.__call__ = timed(hook_call, "hook")  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            edit()
+        total = time.perf_counter() - t0
+    finally:
+        hook_module.DifferentialStep.__call__ = hook_call  # type: ignore[method-assign]
+        if saved is None:
+            del cls.__call__
+        else:
+            cls.__call__ = saved
+    return (total - spent["pipeline"] + spent["hook"]) / n * 1000
+
+
+def bench(frames_n: int, size: int, steps: int, reps: int) -> list[str]:
+    import numpy as np
+    import torch
+
+    from diffdiff import Editor
+    from diffdiff.testing_video import build_tiny_animatediff, build_tiny_cogvideox, build_tiny_wan, sample_clip
+
+    rows = []
+    builders = {"wan": build_tiny_wan, "cogvideox": build_tiny_cogvideox, "animatediff": build_tiny_animatediff}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in builders.items():
+            ed = Editor.from_pretrained(build(Path(tmp) / name), progress=False)
+            n = ed.adapter.run_frames(frames_n)  # a clip the VAE packs without padding: the same frames both sides
+            clip = sample_clip(n, size, size, seed=1)
+            ramp = np.tile(np.linspace(0, 1, size, dtype=np.float32), (size, 1))
+
+            def edit(ed: Any = ed, clip: Any = clip, ramp: Any = ramp) -> Any:
+                return ed.edit_video(clip, ramp, PROMPT, num_inference_steps=steps, seed=3)
+
+            def plain(ed: Any = ed, clip: Any = clip) -> Any:
+                with torch.inference_mode():
+                    return ed.pipe(video=clip, prompt=PROMPT, num_inference_steps=steps, strength=1.0, height=size,
+                                   width=size, generator=torch.Generator().manual_seed(3), output_type="np").frames
+
+            ta, tb = timings([edit, plain], reps)
+            ratios = [x / y for x, y in zip(ta, tb)]
+            lo, hi = quartiles(ratios)
+            same = model_calls(ed.pipe, edit) == model_calls(ed.pipe, plain)
+            calls = "same model calls" if same else "MODEL CALLS DIFFER"
+            own = own_code_ms(ed, edit, max(2, reps // 2))
+            base = statistics.median(tb)
+            row = (f"| video edit / video-to-video | {name} {n} frames {size}x{size}, {steps} steps ({calls}; "
+                   f"pair ratios {lo:.3f}-{hi:.3f}; our code {own:.1f} ms = {own / 1000 / base:.1%}) "
+                   f"| {secs(statistics.median(ta))} | {secs(base)} | {statistics.median(ratios):.3f} | <= 1.02 |")
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def section(rows: list[str], mode: str, seconds: float, n_threads: int) -> str:
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [
+        HEADING, "",
+        f"`python benchmarks/bench_video.py{' --quick' if mode == 'quick' else ''}`, {when}, {seconds:.0f} s. "
+        f"Machine: {machine(n_threads)}.", "",
+        "Tiny random-weight video models (`diffdiff.testing_video`); a left-right gradient map on every frame, "
+        "strength 1, CFG at each pipeline's default. Ratios are medians of interleaved pairs.", "",
+        "| benchmark | setting | diffdiff | baseline | ratio | goal |", "|---|---|---|---|---|---|", *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the ``## Video`` section of ``path`` (up to the next ``## `` heading), or append it."""
+    old = path.read_text() if path.exists() else "# diffdiff benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _m: text + "\n", old, count=1).rstrip("\n") + "\n"
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    args = ap.parse_args(argv)
+    threads()
+    quiet()
+    import torch
+
+    t0 = time.perf_counter()
+    frames_n, size, steps, reps = (9, 64, 4, 3) if args.quick else (9, 128, 8, 7)
+    rows = bench(frames_n, size, steps, reps)
+    text = section(rows, "quick" if args.quick else "full", time.perf_counter() - t0, torch.get_num_threads())
+    if not args.no_write:
+        write_section(args.output, text)
+        print(f"wrote the '{HEADING}' section of {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

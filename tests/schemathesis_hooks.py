@@ -1,0 +1,110 @@
+"""Schemathesis hooks for diffdiff's REST API: what a JSON schema cannot tell a request generator.
+
+Used by ``tests/test_web_schema.py``, and by the schemathesis command line against a running
+server::
+
+    diffdiff serve --model ... --max-steps 4 --max-pixels 4096 &
+    PYTHONPATH=tests SCHEMATHESIS_HOOKS=schemathesis_hooks st run http://127.0.0.1:7860/openapi.json --checks all
+
+Importing this module registers, globally:
+
+* image strategies for ``image/png``, ``image/jpeg`` and ``image/webp``: the file fields declare
+  ``image/*`` and the server decodes them, so a generator must send real images. They are square
+  (a map then has its image's aspect ratio), 16..64 px (at least a fan's ``columns`` wide; a
+  server fuzzed with these needs ``--max-pixels`` of 4096 or more);
+* ``filter_case``: positive cases for ``/api/fan`` keep ``min_strength <= max_strength``, the one
+  cross-field rule JSON Schema cannot state (the field's description does);
+* ``filter_failure``: drops an "accepted negative data" failure whose every mutation is a type
+  change that multipart text undid (see :func:`filter_failure`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import schemathesis
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from PIL import Image
+from schemathesis.core.failures import AcceptedNegativeData
+from schemathesis.core.mutations import OperatorKind
+from schemathesis.core.transforms import to_wire_text
+
+MAX_SIDE = 64
+FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+
+def encode(side: int, mode: str, seed: int, fmt: str) -> bytes:
+    """A ``side`` x ``side`` image of noise in ``mode`` ("L", "RGB", "RGBA"), encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = rng.integers(0, 256, (side, side, channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode)
+    if fmt == "JPEG" and mode == "RGBA":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image_bytes(fmt: str) -> st.SearchStrategy[bytes]:
+    return st.builds(encode, st.integers(16, MAX_SIDE), st.sampled_from(["L", "RGB", "RGBA"]),
+                     st.integers(0, 2**16), st.just(fmt))
+
+
+for _media_type, _fmt in FORMATS.items():
+    schemathesis.openapi.media_type(_media_type, image_bytes(_fmt))
+
+
+def form_properties(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    """The multipart body properties of ``POST path`` in the OpenAPI document ``raw``."""
+    body = raw["paths"].get(path, {}).get("post", {}).get("requestBody", {}).get("content", {}).get("multipart/form-data")
+    if not body:
+        return {}
+    return dict(raw["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"])
+
+
+def text_is_valid(text: str, schema: dict[str, Any]) -> bool:
+    """Whether form text is a valid value of ``schema``, read as a string or as a JSON literal."""
+    validator = Draft202012Validator(schema)
+    if validator.is_valid(text):
+        return True
+    try:
+        return bool(validator.is_valid(json.loads(text)))
+    except ValueError:
+        return False
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    if case.path != "/api/fan" or case.meta is None or not case.meta.generation.mode.is_positive:
+        return True
+    body = case.body if isinstance(case.body, dict) else {}
+    lo, hi = body.get("min_strength", 0.0), body.get("max_strength", 1.0)
+    return not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi)
+
+
+@schemathesis.hook
+def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+    """Keep every failure but a negative case that multipart text made valid again.
+
+    A form part is text: a string field "mutated" to the integer 5 arrives as the text "5", a
+    valid string; a number field sent the integer 3 arrives as "3", a valid number. Schemathesis
+    exempts such type changes for query and path parameters but not (4.32) for form bodies. A
+    change-type mutation is exempt here only when the text actually sent is itself the spelling
+    of a schema-valid value of that field.
+    """
+    if not isinstance(failure, AcceptedNegativeData) or not isinstance(case.body, dict) or case.meta is None:
+        return True
+    mutations = getattr(case.meta.phase.data, "mutations", None) or []
+    props = form_properties(case.operation.schema.raw_schema, case.path)
+    for m in mutations:
+        name = m.schema_pointer.removeprefix("/properties/")
+        if m.operator != OperatorKind.CHANGE_TYPE or name not in props or name not in case.body:
+            return True
+        if not text_is_valid(to_wire_text(case.body[name]), props[name]):
+            return True
+    return not mutations

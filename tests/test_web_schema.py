@@ -1,0 +1,129 @@
+"""The REST API and its OpenAPI schema agree: schemathesis fuzzes the app in-process from its own schema.
+
+A client generated from ``/openapi.json`` is the user here: what the schema allows must work and
+what it forbids must be refused with a declared 4xx. Schemathesis (its ASGI integration: no
+network) runs every operation with a fixed seed and a bounded number of examples through all its
+checks: no 5xx, status codes, content types, headers and bodies as declared, schema-valid
+requests accepted (2xx), schema-invalid ones refused, undeclared methods 405 with ``Allow``.
+
+What a JSON schema cannot tell a generator (file fields carry real images of matching aspect
+ratios; a fan's ``min_strength <= max_strength``; multipart text undoing a "type change") lives
+in ``tests/schemathesis_hooks.py``, which a command-line ``st run`` against a live server can load
+too. New fields join the fuzz by being declared.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+pytest.importorskip("gradio")
+schemathesis = pytest.importorskip("schemathesis")
+
+# Registers the image strategies and the two filters (shared with a command-line `st run`).
+import schemathesis_hooks as hooks  # noqa: E402
+from diffdiff import Editor  # noqa: E402
+from diffdiff.web import create_app  # noqa: E402
+
+#: Fixed seed, bounded examples: the same cases on every run, about a minute on two cores.
+SEED = 16
+MAX_EXAMPLES = 25
+MAX_STEPS = 4  # the fuzzed server's steps limit: every request stays cheap on the tiny model
+
+
+class StatusRecorder:
+    """ASGI wrapper counting (method, path, status) of every answer, to show the fuzz is not vacuous."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: Counter[tuple[str, str, int]] = Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.seen[(scope["method"], scope["path"], message["status"])] += 1
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(sd_editor: Editor) -> StatusRecorder:
+    # The UI is mounted as `diffdiff serve` does: a mount at "/" must not swallow /api's 405s.
+    side = hooks.MAX_SIDE
+    return StatusRecorder(create_app(sd_editor, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_app: StatusRecorder) -> Any:
+    config = schemathesis.Config.from_dict({
+        "seed": SEED,
+        "cache": {"enabled": False},  # no crash replays from earlier runs: the same cases every time
+        "generation": {"max-examples": MAX_EXAMPLES, "database": "none", "mode": "all"},
+        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
+        "checks": {"enabled": True},
+    })
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app, config=config)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+def test_every_operation_agrees_with_the_schema(case: Any) -> None:
+    case.call_and_validate()
+
+
+def test_the_fuzz_covers_every_operation(api_schema: Any) -> None:
+    """The fuzz runs over every operation in the schema, the five of today among them (a new
+    endpoint or field joins the fuzz by being declared; a new file field declares its media type
+    with ``openapi_extra=_files(...)`` in diffdiff.web.api so the fuzz sends it images)."""
+    ops = {(r.ok().method.upper(), r.ok().path) for r in api_schema.get_all_operations()}
+    assert {("GET", "/api/health"), ("POST", "/api/edit"), ("POST", "/api/fan"),
+            ("POST", "/api/auto-map"), ("POST", "/api/diffedit")} <= ops
+    assert all(path.startswith("/api/") for _, path in ops)
+
+
+def test_image_strategy_makes_images_the_server_decodes() -> None:
+    """The generator's images are real: Pillow reads each format back at its size."""
+    for fmt in hooks.FORMATS.values():
+        for mode in ("L", "RGB", "RGBA"):
+            img = Image.open(io.BytesIO(hooks.encode(17, mode, 3, fmt)))
+            img.load()
+            assert img.size == (17, 17) and img.format == fmt
+
+
+def test_wire_filter_exempts_only_text_that_is_valid_as_sent() -> None:
+    """The failure filter's rule: sent text that spells a valid value is not a negative case."""
+    assert hooks.text_is_valid("5", {"type": "string"})  # an int "mutation" of a string field
+    assert hooks.text_is_valid("3", {"type": "number", "minimum": 0})  # an int for a number
+    assert not hooks.text_is_valid("-3", {"type": "number", "minimum": 0})
+    assert not hooks.text_is_valid("abc", {"type": "integer"})
+    assert not hooks.text_is_valid("x" * 11, {"type": "string", "maxLength": 10})
+
+
+def test_the_fuzz_reached_the_model_and_the_refusals(fuzz_app: StatusRecorder) -> None:
+    """Runs after the fuzz: every POST operation answered 200 (the model ran) and 422, and
+    undeclared methods were tried and answered 405, so the checks above saw real traffic."""
+    if not fuzz_app.seen:
+        pytest.skip("the fuzz test did not run in this session (deselected)")
+    statuses: dict[tuple[str, str], set[int]] = {}
+    for (method, path, status), _ in fuzz_app.seen.items():
+        statuses.setdefault((method, path), set()).add(status)
+    for path in ("/api/edit", "/api/fan", "/api/auto-map", "/api/diffedit"):
+        assert {200, 422} <= statuses.get(("POST", path), set()), (path, statuses.get(("POST", path)))
+    assert 200 in statuses.get(("GET", "/api/health"), set())
+    assert any(m not in ("GET", "POST") and 405 in s for (m, p), s in statuses.items() if p.startswith("/api/")), statuses
+    assert not any(st >= 500 for (_, _, st) in fuzz_app.seen), fuzz_app.seen
