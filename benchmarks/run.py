@@ -529,8 +529,8 @@ def bench_gpu(root: Path, steps: int, reps: int, report: Report) -> None:
 
 
 # output -----------------------------------------------------------------------------------------------
-# Sections other scripts own (benchmarks/big_images.py, bench_video.py); a rewrite of this table keeps them.
-_FOREIGN_SECTIONS = ("## Big images", "## Video")
+# Sections other scripts own (big_images.py, bench_video.py, batch.py); a rewrite of this table keeps them.
+_FOREIGN_SECTIONS = ("## Big images", "## Video", "## Batch")
 
 
 def _kept_sections(path: Path) -> str:

@@ -194,6 +194,8 @@ def test_model_failure_is_500_json_and_server_survives(sd_editor: Editor, image:
         def edit(self, *a: Any, **k: Any) -> Any:
             raise RuntimeError("CUDA error: device-side assert\nsecond line")
 
+        edit_with = edit  # the REST API builds one EditRequest and calls edit_with
+
     with TestClient(create_app(Broken(), ui=False), raise_server_exceptions=False) as c:
         msg = assert_json_error(c.post("/api/edit", files=edit_files(image, half_map(96, 64)), data={"prompt": "x"}),
                                 500, "RuntimeError")
@@ -302,6 +304,10 @@ class GatedEditor:
     def edit(self, *a: Any, **k: Any) -> Any:
         assert self.gate.wait(30), "test never opened the gate"
         return self.inner.edit(*a, **k)
+
+    def edit_with(self, *a: Any, **k: Any) -> Any:  # what the REST API calls (one EditRequest)
+        assert self.gate.wait(30), "test never opened the gate"
+        return self.inner.edit_with(*a, **k)
 
 
 def free_port() -> int:

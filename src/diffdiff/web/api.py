@@ -34,7 +34,7 @@ from starlette.routing import Match
 from .. import __version__
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
-from ..request import validate_edit_params
+from ..request import EditRequest, validate_edit_params
 from .service import EditService, QueueFull, TooLarge, png_bytes
 
 MAX_FAN_COLUMNS = 16
@@ -386,19 +386,19 @@ def build_router(service: EditService) -> APIRouter:
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
 
-        def prepare() -> tuple[Image.Image, Image.Image]:
-            validate_edit_params(prompt, steps, guidance, strength, 1, polarity, seed)
-            img = service.decode(img_data, "image")  # type: ignore[arg-type]
-            cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
-            prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
-            return img, cmap
-
-        def work(ed: Any, p: tuple[Image.Image, Image.Image]) -> Any:
-            return _method(ed, "edit")(
-                p[0], p[1], prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+        def prepare() -> tuple[Image.Image, Image.Image, EditRequest]:
+            edit_request = EditRequest(
+                prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
                 skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
             )
+            img = service.decode(img_data, "image")  # type: ignore[arg-type]
+            cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
+            prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
+            return img, cmap, edit_request
+
+        def work(ed: Any, p: tuple[Image.Image, Image.Image, EditRequest]) -> Any:
+            return _method(ed, "edit_with")(p[0], p[1], p[2])
 
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)

@@ -15,6 +15,7 @@ import itertools
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from PIL import Image
 
 from .. import maps
 from ..errors import DiffDiffError, DiffDiffWarning
+from ..levels import executed_steps
 from .service import EditService, QueueFull, png_bytes
 
 UI_CSS = """
@@ -92,10 +94,15 @@ def fit_map(change_map: Image.Image, size: tuple[int, int]) -> Image.Image:
     return m if m.size == size else m.resize(size, Image.Resampling.BILINEAR)
 
 
-def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strength: float, polarity: str) -> tuple[Image.Image, str]:
-    """The map over the image with the levels ``steps`` x ``strength`` will use, and a summary."""
-    total = min(int(steps * strength), steps)
-    pv = maps.preview(image, change_map, steps, strength, polarity)  # type: ignore[arg-type]
+def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strength: float, polarity: str,
+                planned_steps: Optional[Callable[[int, float], int]] = None) -> tuple[Image.Image, str]:
+    """The map over the image with the levels ``steps`` x ``strength`` will use, and a summary.
+
+    ``planned_steps`` is the loaded model's executed-steps rule (flow models truncate differently);
+    default :func:`diffdiff.levels.executed_steps`.
+    """
+    total = (planned_steps or executed_steps)(steps, strength)
+    pv = maps.preview(image, change_map, steps, strength, polarity, planned_steps=planned_steps)  # type: ignore[arg-type]
     used = len([k for k, c in pv.info.get("diffdiff_levels", {}).items() if c and k > 0])
     if total == 0:
         text = "**0 steps will run** (steps × strength < 1): the result will be the input."
@@ -179,7 +186,8 @@ def build_ui(service: EditService) -> Any:
         cmap = canvas_map(value, base)
         assert cmap is not None
         try:
-            return map_preview(img, cmap, int(steps), float(strength), polarity)
+            rule = getattr(service._editor, "planned_steps", None) if service.loaded else None
+            return map_preview(img, cmap, int(steps), float(strength), polarity, rule)
         except DiffDiffError as exc:
             return None, f"⚠ {exc}"
 
