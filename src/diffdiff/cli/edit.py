@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
+        pipeline_kwargs: Optional[str] = typer.Option(None, "--pipeline-kwargs", help="""Extra arguments for the diffusers call, as a JSON object, e.g. '{"max_sequence_length": 128}'."""),
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
             from ..request import EditRequest
 
             request = EditRequest(
+                pipeline_kwargs=_json_object(pipeline_kwargs, "--pipeline-kwargs"),
                 prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                 strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
@@ -93,3 +95,20 @@ def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[s
     """Extra pipelines of multi-model families (only those given, so other models load as before)."""
     given = {"prior": prior, "stage_2": stage_2, "stage_3": stage_3}
     return {k: v for k, v in given.items() if v}
+
+
+def _json_object(text: Optional[str], option: str) -> dict:
+    """A JSON object given on the command line (empty when not given); one clear line otherwise."""
+    import json
+
+    from ..errors import DiffDiffError
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DiffDiffError(f"{option} is not valid JSON ({exc.msg}); give an object like '{{\"max_sequence_length\": 128}}'") from None
+    if not isinstance(value, dict):
+        raise DiffDiffError(f"{option} must be a JSON object of argument names to values, got {type(value).__name__}")
+    return value
