@@ -59,8 +59,14 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def plain_img2img(ed: Any, img: Any, steps: int, width: int, height: int) -> Callable[[], Any]:
-    """The baseline: the editor's own pipeline called as plain diffusers img2img (same seed, steps, size)."""
+    """The baseline: the editor's own pipeline called as plain diffusers img2img (same seed, steps, size).
+
+    For the own-noise family (text-to-image pipelines) it is the pipeline's text-to-image call plus
+    the one VAE encode of the image that an img2img call would make: the same network calls.
+    """
     import torch
+
+    codec = getattr(ed.adapter, "codec", None)  # the own-noise family drives a text-to-image call
 
     def plain() -> Any:
         gen = torch.Generator().manual_seed(3)
@@ -68,6 +74,8 @@ def plain_img2img(ed: Any, img: Any, steps: int, width: int, height: int) -> Cal
 
         kw = ed.adapter.call_kwargs(img, EditRequest(PROMPT, num_inference_steps=steps), gen, (width, height))
         with torch.inference_mode():
+            if codec is not None:  # plus the one VAE encode of the image an img2img call makes
+                codec.encode(img, gen, ed.pipe.device, codec.vae.dtype)
             return ed.pipe(**kw, output_type="pil").images
 
     return plain

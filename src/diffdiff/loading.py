@@ -372,9 +372,9 @@ def load_family(
         except ModelLoadError:
             if not index.get("_class_name"):
                 raise
-            # A real diffusers model with no img2img form: say which families are supported instead.
-            adapter_class(as_img2img(load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype)))
-            raise
+            # A real diffusers model with no img2img form (PixArt, Sana...): the own-noise family drives
+            # it when it takes latents=; otherwise adapter_class says which families are supported.
+            pipe = load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype)
     cls = adapter_class(as_img2img(pipe))
     check_parts(cls, wanted)
     loaded: dict[str, Any] = {}

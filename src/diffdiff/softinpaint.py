@@ -55,7 +55,14 @@ def soft_inpaint(
     if polarity != "change":
         # The mask has its own fixed convention; a polarity would silently invert the result.
         raise DiffDiffError("soft-inpainting masks are always white = hole; invert the mask instead of passing polarity")
-    request = EditRequest(prompt=prompt, **edit_kwargs)
+    return soft_inpaint_with(editor, image, mask, softness, EditRequest(prompt=prompt, **edit_kwargs))
+
+
+def soft_inpaint_with(editor: EditorLike, image: ImageLike, mask: MapLike | str | os.PathLike[str], softness: float,
+                      request: EditRequest) -> Any:
+    """:func:`soft_inpaint` for a request built once (the batch runner's and the CLI's route)."""
+    if request.polarity != "change":
+        raise DiffDiffError("soft-inpainting masks are always white = hole; invert the mask instead of passing polarity")
     img = load_image(image, "image")
     if isinstance(mask, (str, os.PathLike)):
         mask = open_image(mask, "mask")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..version import __version__
-from . import diffedit, edit, fan, maps, serve, video
+from . import batch, diffedit, edit, fan, maps, serve, video
 from .common import set_verbose
 
 app = typer.Typer(
@@ -35,7 +35,7 @@ def _root(
 
 
 # Command modules; each defines register(app). ``maps`` before ``diffedit``, which adds ``map auto``.
-for _mod in (edit, maps, fan, diffedit, serve, video):
+for _mod in (edit, maps, fan, diffedit, serve, video, batch):
     _mod.register(app)
 
 

@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="IP-Adapter weights file (its image_encoder folder beside it) or OWNER/REPO/SUBFOLDER/FILE."),
         ip_adapter_image: Optional[Path] = typer.Option(None, "--ip-adapter-image", help="Reference image for the IP-Adapter."),
         ip_adapter_scale: float = typer.Option(1.0, "--ip-adapter-scale", help="IP-Adapter strength (0 = off)."),
+        pipeline_kwargs: Optional[str] = typer.Option(None, "--pipeline-kwargs", help="""Extra arguments for the diffusers call, as a JSON object, e.g. '{"max_sequence_length": 128}'."""),
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
@@ -69,6 +70,7 @@ def register(app: typer.Typer) -> None:
             from ..request import EditRequest
 
             request = EditRequest(
+                pipeline_kwargs=_json_object(pipeline_kwargs, "--pipeline-kwargs"),
                 prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                 strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
@@ -151,3 +153,20 @@ def addon_load_kw(controlnet: Optional[list[str]], lora: Optional[list[str]], ip
         kw["ip_adapter"] = ip_adapter
         kw["ip_adapter_scale"] = check_scales(ip_adapter_scale, "--ip-adapter-scale")[0]
     return kw
+
+
+def _json_object(text: Optional[str], option: str) -> dict:
+    """A JSON object given on the command line (empty when not given); one clear line otherwise."""
+    import json
+
+    from ..errors import DiffDiffError
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DiffDiffError(f"{option} is not valid JSON ({exc.msg}); give an object like '{{\"max_sequence_length\": 128}}'") from None
+    if not isinstance(value, dict):
+        raise DiffDiffError(f"{option} must be a JSON object of argument names to values, got {type(value).__name__}")
+    return value

@@ -1,8 +1,9 @@
 """Model families: one small adapter per family, and the registry that picks one for a pipeline.
 
 Each family is a file in this package (``sd``, ``flow``, ``kandinsky``, ``deepfloyd``,
-``inpaint``, ``controlnet``, ``generic``; video-to-video: ``wan``, ``cogvideox``, ``animatediff`` on the shared
-``video`` base) holding an :class:`~diffdiff.families.base.Adapter` subclass. The registry tries
+``inpaint``, ``controlnet``, ``own`` (any ``latents=`` pipeline, detected from its components), ``generic``;
+video-to-video: ``wan``, ``cogvideox``, ``animatediff`` on the shared ``video`` base) holding an
+:class:`~diffdiff.families.base.Adapter` subclass. The registry tries
 the registered families in order and falls back to :class:`GenericAdapter`, which drives any
 img2img pipeline exposing ``latents`` to its step callback. :func:`register_adapter` adds a
 family diffdiff does not ship (place it first so it wins over the generic fallback).
@@ -22,23 +23,25 @@ from .flow import FluxAdapter, StableDiffusion3Adapter
 from .generic import GenericAdapter
 from .inpaint import FluxFillAdapter, StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter
 from .kandinsky import DEFAULT_KANDINSKY_PRIOR, KandinskyAdapter
+from .own import OwnNoiseAdapter, obstacle
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
 from .video import VIDEO_FAMILIES, RefusedVideoAdapter, VideoAdapter
 from .wan import WanAdapter
 
 __all__ = [
-    "ADAPTERS", "DEFAULT_KANDINSKY_PRIOR", "Adapter", "AnimateDiffAdapter", "CogVideoXAdapter", "DeepFloydIFAdapter",
-    "FluxAdapter", "GenericAdapter", "Job", "KandinskyAdapter", "PartSpec", "RunInfo", "StableDiffusion3Adapter",
-    "StableDiffusionAdapter", "StableDiffusionXLAdapter", "VideoAdapter", "WanAdapter", "adapter_class",
-    "adapter_for", "check_parts", "load_as_class", "register_adapter", "run_stage", "supported_families",
+    "ADAPTERS", "Adapter", "AnimateDiffAdapter", "CogVideoXAdapter", "DEFAULT_KANDINSKY_PRIOR",
+    "DeepFloydIFAdapter", "FluxAdapter", "GenericAdapter", "Job", "KandinskyAdapter", "OwnNoiseAdapter", "PartSpec",
+    "RunInfo", "StableDiffusion3Adapter", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "VideoAdapter",
+    "WanAdapter", "adapter_class", "adapter_for", "check_parts", "load_as_class", "register_adapter", "run_stage",
+    "supported_families",
 ]
 
 #: Families tried in order; the generic adapter comes last.
 ADAPTERS: list[type[Adapter]] = [
     StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, KandinskyAdapter,
     DeepFloydIFAdapter, WanAdapter, CogVideoXAdapter, AnimateDiffAdapter,
-    RefusedVideoAdapter, StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter,
-    StableDiffusionControlNetAdapter, StableDiffusionXLControlNetAdapter, FluxControlNetAdapter, FluxFillAdapter,
+    StableDiffusionInpaintAdapter, StableDiffusionXLInpaintAdapter, StableDiffusionControlNetAdapter,
+    StableDiffusionXLControlNetAdapter, FluxControlNetAdapter, FluxFillAdapter, RefusedVideoAdapter, OwnNoiseAdapter,
 ]
 VIDEO_FAMILIES.extend([WanAdapter, CogVideoXAdapter, AnimateDiffAdapter])
 
@@ -82,9 +85,10 @@ def adapter_class(pipe: Any) -> type[Adapter]:
     if GenericAdapter.matches(pipe):
         return GenericAdapter
     raise UnsupportedModelError(
-        f"{type(pipe).__name__} is not a supported model family; supported: "
+        f"{type(pipe).__name__} is not a supported model family ({obstacle(pipe)}); supported: "
         + ", ".join(supported_families())
-        + " (any diffusers img2img pipeline whose step callback exposes 'latents')"
+        + " (any diffusers img2img pipeline whose step callback exposes 'latents', and any pipeline taking"
+        " latents= with a VAE and an add_noise/scale_noise scheduler)"
     )
 
 

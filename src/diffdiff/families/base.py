@@ -110,19 +110,24 @@ def run_stage(
     skip: Optional[FrozenSkip],
     info: RunInfo,
     legacy_callback: bool = False,
+    seam: Optional[contextlib.AbstractContextManager[Any]] = None,
+    step_callback: bool = True,
 ) -> Any:
     """Call ``pipe(**kwargs)`` once with the hooks installed; returns its ``images`` and updates ``info``.
 
     ``legacy_callback``: pipelines with only the old ``callback(i, t, x)`` (DeepFloyd IF) get the
-    hook through it, writing the blend back in place. A hook that is also a context manager (Flux
-    Fill's mask feed) is entered for the call.
+    hook through it, writing the blend back in place. ``seam``: the scheduler seam of our own
+    img2img (:class:`diffdiff.ownnoise.ScheduleSeam`), installed inside the noise capture;
+    ``step_callback=False`` when the seam runs the hook from ``scheduler.step`` instead. A hook that
+    is also a context manager (Flux Fill's mask feed) is entered for the call.
     """
+    hooks: dict[str, Any] = {}
     if legacy_callback:
-        hooks: dict[str, Any] = {"callback": _legacy_callback(pipe, hook), "callback_steps": 1}
-    else:
+        hooks = {"callback": _legacy_callback(pipe, hook), "callback_steps": 1}
+    elif step_callback:
         hooks = {"callback_on_step_end": hook, "callback_on_step_end_tensor_inputs": list(hook.tensor_inputs)}
     entered: Any = hook if hasattr(hook, "__enter__") else contextlib.nullcontext()
-    with torch.inference_mode(), capture, entered, skip or contextlib.nullcontext(), \
+    with torch.inference_mode(), capture, seam or contextlib.nullcontext(), entered, skip or contextlib.nullcontext(), \
             finite_vae_decode(getattr(pipe, "vae", None)):
         result = pipe(**kwargs, **hooks)
     info.pipeline_calls += 1

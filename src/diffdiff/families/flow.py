@@ -1,13 +1,14 @@
 """Flow-matching families: SD3 / SD3.5 and Flux.1 (flow matching's ``scale_noise``, float truncation).
 
-Flux packs its latents in 2x2 patches (a sequence of 64-dim tokens); the map lives on the
-unpacked grid and the hook packs and unpacks around the blend.
+Flux packs its latents in 2x2 patches (a sequence of 64-dim tokens, :data:`diffdiff.layouts.PACKED`);
+the map lives on the unpacked grid and the hook packs and unpacks around the blend.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..layouts import PACKED
 from ..levels import flow_executed_steps
 from .base import Adapter
 
@@ -46,10 +47,7 @@ class FluxAdapter(FlowAdapter):
         return 2 * (height // s), 2 * (width // s)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        if latents.ndim == 4:
-            return latents
-        return self.pipe._unpack_latents(latents, height, width, self.vae_scale())
+        return PACKED.to_grid(latents, *self.latent_hw(width, height))
 
     def pack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        b, c, h, w = latents.shape
-        return self.pipe._pack_latents(latents, b, c, h, w)
+        return PACKED.from_grid(latents)

@@ -1,0 +1,251 @@
+"""Our own img2img for any diffusers pipeline that takes ``latents=``, through the scheduler seam.
+
+Text-to-image pipelines (PixArt, Sana, Lumina2, CogView4, HunyuanDiT, Kandinsky 3, Qwen-Image,
+Chroma, Flux, SD3...) and instruction-edit pipelines (Flux Kontext) have no ``strength``. Every
+diffusers pipeline, though, calls ``scheduler.set_timesteps`` once and ``scheduler.step`` after
+each model evaluation. :class:`ScheduleSeam` wraps those two methods for one pipeline call:
+
+* ``set_timesteps``: the schedule is truncated to the strength's start (the pipeline runs only the
+  last L steps, diffusers' ``get_timesteps`` rule), and the start latents are written into the
+  ``latents=`` tensor the pipeline was given: the encoded image (:class:`diffdiff.layouts.LatentCodec`)
+  noised to the first kept step with the scheduler's own ``add_noise`` / ``scale_noise`` and noise
+  drawn from the user's generator, in the same order as the img2img siblings draw it. Writing at
+  this moment, not before the call, lets the pipeline compute its own schedule first (Flux's
+  resolution-dependent shift).
+* ``step``: the first call checks that the pipeline really started from those latents (a pipeline
+  that copied or rescaled them is refused in one line, never silently run from noise). The
+  change-map blend (:class:`diffdiff.hook.DifferentialStep`) runs here after each step, with the
+  timestep the scheduler really stepped with: every pipeline has this seam (PixArt has no
+  ``callback_on_step_end``) and it cannot be misled by a callback that is handed something else
+  (CogView4 passes its callback the sigma). ``callback_on_step_end`` remains available
+  (``blend_in_step=False``) and gives the same latents where the pipeline's callback is honest.
+
+The result: where a pipeline has an img2img sibling (SD, SD3, Flux, Qwen-Image, Chroma), our
+own noising reproduces the sibling's latents for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .errors import DiffDiffError
+from .hook import DifferentialStep
+from .layouts import LatentCodec
+from .levels import executed_steps, flow_executed_steps
+from .pipeinfo import call_parameter_names
+
+#: Scheduler noising formulas we know how to call, by method name.
+NOISE_METHODS = ("add_noise", "scale_noise")
+
+
+def noise_method(scheduler: Any) -> Optional[str]:
+    """``add_noise`` (DDPM family), ``scale_noise`` (flow matching) or None (neither: SCM, TCD-like)."""
+    for name in ("scale_noise", "add_noise"):
+        if callable(getattr(scheduler, name, None)):
+            return name
+    return None
+
+
+def planned_steps(method: str, num_inference_steps: int, strength: float) -> int:
+    """Steps a run executes: diffusers' img2img rule for the scheduler kind (:mod:`diffdiff.levels`)."""
+    if method == "scale_noise":
+        return flow_executed_steps(num_inference_steps, strength)
+    return executed_steps(num_inference_steps, strength)
+
+
+def truncate_schedule(scheduler: Any, skip_full_steps: int) -> None:
+    """Drop the first ``skip_full_steps`` full steps from ``timesteps`` (and ``sigmas``, kept aligned)."""
+    order = int(getattr(scheduler, "order", 1))
+    k = skip_full_steps * order
+    times = scheduler.timesteps
+    n = len(times)
+    if k >= n:
+        raise DiffDiffError("the strength leaves no denoising step: raise strength or steps")
+    if k == 0:
+        return
+    scheduler.timesteps = times[k:]
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) in (n, n + 1):
+        scheduler.sigmas = sigmas[k:]
+
+
+_UNIT_SIGMA: dict[type, type] = {}
+
+
+def _unit_sigma_class(cls: type) -> type:
+    """``cls`` with ``init_noise_sigma`` = 1 (same name; cached per class)."""
+    if cls not in _UNIT_SIGMA:
+        _UNIT_SIGMA[cls] = type(cls.__name__, (cls,), {"init_noise_sigma": 1.0, "__module__": cls.__module__,
+                                                        "__qualname__": cls.__qualname__})
+    return _UNIT_SIGMA[cls]
+
+
+def _forward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
+
+
+_STEP_NAMES = ("model_output", "timestep", "sample")
+
+
+@dataclass
+class ScheduleSeam:
+    """Context manager: own img2img noising and the change-map blend for ONE pipeline call.
+
+    ``clean`` (1 or B, C, h, w) are the normalised image latents, ``noise`` (B, C, h, w) the noise,
+    ``latents`` the tensor passed as the pipeline's ``latents=`` (in its layout; filled here).
+    ``hook`` is the change-map blend; ``blend_in_step`` runs it from ``scheduler.step`` (what the
+    own-noise family does; False leaves it to the pipeline's ``callback_on_step_end``).
+    """
+
+    pipe: Any
+    codec: LatentCodec
+    method: str
+    skip_full_steps: int
+    clean: torch.Tensor
+    noise: torch.Tensor
+    latents: torch.Tensor
+    hook: Optional[DifferentialStep] = None
+    blend_in_step: bool = False
+    #: filled in: the start latents on the grid, step calls made, set_timesteps calls seen
+    start: Optional[torch.Tensor] = None
+    steps_called: int = 0
+    schedules: int = 0
+    _originals: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    _class: Optional[type] = None
+    _sigma_attr: Any = None
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    # the wrapped scheduler methods -----------------------------------------------------------------
+    def _set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._originals["set_timesteps"](*args, **kwargs)
+        self.schedules += 1
+        truncate_schedule(self.scheduler, self.skip_full_steps)
+        first = self.scheduler.timesteps[:1].repeat(self.noise.shape[0])
+        noising = getattr(self.scheduler, self.method)
+        clean = self.clean.expand_as(self.noise) if self.clean.shape[0] != self.noise.shape[0] else self.clean
+        if self.method == "scale_noise":
+            start = noising(clean, first, self.noise)
+        else:
+            start = noising(clean, self.noise, first)
+        self.start = start
+        packed = self.codec.layout.from_grid(start).to(self.latents.dtype)
+        if packed.shape != self.latents.shape:
+            raise DiffDiffError(f"{type(self.pipe).__name__}: start latents of shape {tuple(packed.shape)} do not fit "
+                                f"the latents it takes {tuple(self.latents.shape)}")
+        with torch.no_grad():
+            # set_ (not copy_) keeps the start's memory layout too: the VAE's channels-last output
+            # goes on into the denoiser exactly as in the img2img sibling (bit-identical results).
+            self.latents.set_(packed.detach().clone(memory_format=torch.preserve_format))
+        return out
+
+    def _step(self, *args: Any, **kwargs: Any) -> Any:
+        bound = dict(zip(_STEP_NAMES, args))
+        bound.update({k: v for k, v in kwargs.items() if k in _STEP_NAMES})
+        if self.steps_called == 0:
+            self._check_start(bound.get("sample"))
+        index = self.steps_called
+        self.steps_called += 1
+        out = self._originals["step"](*args, **kwargs)
+        if not self.blend_in_step or self.hook is None:
+            return out
+        prev = out[0] if isinstance(out, tuple) else out.prev_sample
+        sched = self.scheduler
+        mixed = self.hook.step(prev, index, bound.get("timestep"), sched.timesteps, int(getattr(sched, "order", 1)),
+                               bool(getattr(sched, "state_in_first_order", True)))
+        if isinstance(out, tuple):
+            return (mixed, *out[1:])
+        out.prev_sample = mixed
+        return out
+
+    def _check_start(self, sample: Any) -> None:
+        if self.start is None:
+            raise DiffDiffError(f"{type(self.pipe).__name__} never called scheduler.set_timesteps before its "
+                                "first step; diffdiff cannot noise the image for it")
+        expected = self.codec.layout.from_grid(self.start)
+        ok = isinstance(sample, torch.Tensor) and sample.numel() == expected.numel() and torch.allclose(
+            sample.reshape(expected.shape).float(), expected.to(sample.device).float(), rtol=1e-3, atol=1e-3)
+        if not ok:
+            raise DiffDiffError(f"{type(self.pipe).__name__} did not start from the latents= it was given "
+                                "(it copies or rescales them); diffdiff cannot drive it: register an adapter "
+                                "(diffdiff.families.register_adapter)")
+
+    def __enter__(self) -> ScheduleSeam:
+        sched = self.scheduler
+        # Pipelines multiply given latents by init_noise_sigma (Euler: sigma_max): our start is
+        # already at the right scale, and dividing first would cost an ulp per value. So for this
+        # call the scheduler reports 1 (a property on some classes: a same-named subclass does it).
+        self._class = type(sched)
+        if isinstance(getattr(self._class, "init_noise_sigma", None), property):
+            sched.__class__ = _unit_sigma_class(self._class)
+        elif "init_noise_sigma" in vars(sched):
+            self._sigma_attr = vars(sched)["init_noise_sigma"]
+            sched.init_noise_sigma = 1.0
+        for name, fn in (("set_timesteps", self._set_timesteps), ("step", self._step)):
+            original = getattr(sched, name)
+            self._originals[name] = original
+            # wraps(): pipelines inspect set_timesteps' signature for ``sigmas`` / ``timesteps``.
+            setattr(sched, name, functools.wraps(original)(_forward(fn)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self._originals:
+            try:
+                delattr(self.scheduler, name)  # the class method shows through again
+            except AttributeError:
+                pass
+        self._originals.clear()
+        sched = self.scheduler
+        if self._class is not None:
+            sched.__class__ = self._class
+        if self._sigma_attr is not None:
+            sched.init_noise_sigma = self._sigma_attr
+            self._sigma_attr = None
+
+
+def draw_start(codec: LatentCodec, image: Any, num_images: int, generator: torch.Generator, device: Any,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean (B, C, h, w), noise (B, C, h, w)) drawn in the img2img siblings' order.
+
+    The posterior sample comes first (batch 1, then repeated), then one noise tensor for the batch,
+    both from ``generator`` (``diffusers.utils.torch_utils.randn_tensor``, as the pipelines draw it).
+    The image is encoded in the VAE's dtype; latents and noise are in ``dtype`` (the denoiser's),
+    so a pipeline with an fp32 VAE under an fp16 denoiser gets its ``latents=`` without a copy.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    vae_dtype = getattr(codec.vae, "dtype", dtype)
+    clean = codec.encode(image, generator, device, vae_dtype).to(dtype)
+    clean = torch.cat([clean] * num_images) if num_images > 1 else clean
+    noise = randn_tensor(tuple(clean.shape), generator=generator, device=torch.device(device), dtype=dtype)
+    return clean, noise
+
+
+#: Arguments that would make a pipeline resize or re-bin our work size, and the value that keeps it.
+_SIZE_KEEPERS: dict[str, Any] = {"use_resolution_binning": False, "_auto_resize": False}
+
+
+def size_kwargs(pipe: Any, width: int, height: int) -> dict[str, Any]:
+    """``height``/``width`` plus whatever keeps the pipeline at exactly that size (PixArt's resolution
+    binning, Kontext's preferred resolutions and ``max_area``), for the arguments it accepts."""
+    params = call_parameter_names(pipe)
+    kw: dict[str, Any] = {k: v for k, v in (("height", height), ("width", width)) if k in params}
+    kw.update({k: v for k, v in _SIZE_KEEPERS.items() if k in params})
+    if "max_area" in params:
+        kw["max_area"] = width * height
+    return kw
+
+
+def blends_in_callback(pipe: Any) -> bool:
+    """True when the pipeline's ``callback_on_step_end`` hands us its ``latents``."""
+    return "callback_on_step_end" in call_parameter_names(pipe) and "latents" in getattr(pipe, "_callback_tensor_inputs", [])

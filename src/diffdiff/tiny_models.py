@@ -1,0 +1,312 @@
+"""Tiny random-weight pipelines for the families beyond the first ones (issue 18), built offline.
+
+Companion of :mod:`diffdiff.testing` (SD, SDXL, SD3, Flux, Kandinsky 2.2, IF, LCM), same rules:
+configs in code (hidden sizes 8-32, one or two layers), tokenizers written by hand because none
+ship offline, ``save_pretrained`` so callers load them back through the real ``from_pretrained``.
+Builders: PixArt-Sigma, Sana (DC-AE, x32), Lumina2, HunyuanDiT, CogView4 (text-to-image only),
+Chroma, Flux Kontext (instruction edit, Flux's components), Kandinsky 3 (``movq`` autoencoder),
+Qwen-Image (2x2 packing on a 5-D video-style VAE) and Z-Image (an img2img pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .testing import _CHARS, _flow_vae, _t5_parts, build_tiny_flux, tiny_vae
+
+
+def _t5(folder: Path, d_model: int = 32, seed: int = 0):
+    return _t5_parts(folder, d_model=d_model, seed=seed)
+
+
+def build_tiny_pixart_sigma(path: str | Path, seed: int = 0) -> Path:
+    """PixArt-Sigma: DiT on SD's 4-channel latents, T5, DPM-Solver; text-to-image only in diffusers."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    path = Path(path)
+    tok, t5 = _t5(path.parent / f".tok-{path.name}", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        caption_channels=32, in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False,
+    ).eval()
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                            num_train_timesteps=1000)
+    PixArtSigmaPipeline(tokenizer=tok, text_encoder=t5, vae=tiny_vae(seed), transformer=transformer,
+                        scheduler=scheduler).save_pretrained(path)
+    return path
+
+
+def build_tiny_chroma(path: str | Path, seed: int = 0) -> Path:
+    """Chroma: Flux-like transformer on 2x2-packed 16-channel latents, T5 only, flow matching."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    path = Path(path)
+    tok, t5 = _t5(path.parent / f".tok-{path.name}", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(2, 2, 4), approximator_hidden_dim=32,
+        approximator_layers=1, approximator_num_channels=16,
+    ).eval()
+    ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed), text_encoder=t5,
+                   tokenizer=tok, transformer=transformer, image_encoder=None,
+                   feature_extractor=None).save_pretrained(path)
+    return path
+
+
+def build_tiny_flux_kontext(path: str | Path, seed: int = 0) -> Path:
+    """Flux Kontext: Flux's components under the instruction-edit pipeline (reference image tokens)."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    path = Path(path)
+    flux = build_tiny_flux(path.parent / f".flux-{path.name}", seed=seed)
+    components = FluxPipeline.from_pretrained(flux).components
+    FluxKontextPipeline(**components).save_pretrained(path)
+    return path
+
+
+def build_tiny_kandinsky3(path: str | Path, seed: int = 0) -> Path:
+    """Kandinsky 3: its own UNet, T5, DDPM, and a VQ autoencoder named ``movq``."""
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet, VQModel
+
+    path = Path(path)
+    tok, t5 = _t5(path.parent / f".tok-{path.name}", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed)
+    # four levels, as the real model: its pipeline sizes latents in multiples of 8 (images of 64 px)
+    unet = Kandinsky3UNet(in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
+                          block_out_channels=(32, 32, 64, 64), cross_attention_dim=4, encoder_hid_dim=32).eval()
+    movq = VQModel(
+        # four levels: the pipeline assumes the real x8 geometry
+        block_out_channels=(32, 32, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3, in_channels=3,
+        out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+        num_vq_embeddings=12, vq_embed_dim=4,
+    ).eval()
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="squaredcos_cap_v2",
+                              clip_sample=True, thresholding=False)
+    Kandinsky3Pipeline(tokenizer=tok, text_encoder=t5, unet=unet, scheduler=scheduler,
+                       movq=movq).save_pretrained(path)
+    return path
+
+
+def _byte_level_tokenizer(folder: Path, specials: tuple[str, ...]):
+    """A byte-level BPE (GPT-2 style) Qwen2 tokenizer with no merges: one token per byte."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = Qwen2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=None,
+                         pad_token="<|endoftext|>", eos_token="<|endoftext|>", additional_special_tokens=list(specials))
+    for sp in ("<|endoftext|>", *specials):
+        tok.add_special_tokens({"additional_special_tokens": [sp]}) if sp not in tok.get_vocab() else None
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_tiny_qwen_image(path: str | Path, seed: int = 0) -> Path:
+    """Qwen-Image: MMDiT on 2x2-packed latents of a 5-D (frame-axis) VAE with latents_mean/std."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", ("<|im_start|>", "<|im_end|>"))
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    ).eval()
+    torch.manual_seed(seed)
+    z_dim = 4
+    vae = AutoencoderKLQwenImage(
+        base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
+    ).eval()
+    vocab = len(tok)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": vocab,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=vocab, vision_end_token_id=vocab + 1, vision_start_token_id=vocab + 2,
+        vision_token_id=vocab + 3, image_token_id=vocab + 4, video_token_id=vocab + 5,
+        bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    QwenImagePipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                      text_encoder=text_encoder, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+def _char_gemma_tokenizer(folder: Path):
+    """A character-level Gemma tokenizer (WordLevel over characters) with Gemma's special tokens.
+
+    Also serves CogView4, whose GLM tokenizer is any fast tokenizer with a pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import GemmaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for ch in _CHARS:
+        vocab.setdefault(ch, len(vocab))
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    # A leading <bos>, as Gemma's own tokenizer adds: an empty prompt is never zero tokens.
+    inner.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                         special_tokens=[("<bos>", vocab["<bos>"])])
+    tok = GemmaTokenizerFast(tokenizer_object=inner, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                             unk_token="<unk>")
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
+    """Sana: linear-attention DiT on a DC-AE (x32, as the real one), Gemma 2, flow matching."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    path = Path(path)
+    tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=32,
+    ).eval()
+    torch.manual_seed(seed)
+    # six levels: the real x32 compression (the pipeline wants sizes in multiples of 32)
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock",) * 5 + ("EfficientViTBlock",),
+        decoder_block_types=("ResBlock",) * 5 + ("EfficientViTBlock",),
+        encoder_block_out_channels=(8,) * 6, decoder_block_out_channels=(8,) * 6,
+        encoder_qkv_multiscales=((),) * 5 + ((5,),), decoder_qkv_multiscales=((),) * 5 + ((5,),),
+        encoder_layers_per_block=(1,) * 6, decoder_layers_per_block=[1] * 6, downsample_block_type="conv",
+        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
+        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, attn_implementation="eager",
+    )).eval()
+    SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)).save_pretrained(path)
+    return path
+
+
+def build_tiny_lumina2(path: str | Path, seed: int = 0) -> Path:
+    """Lumina-Image 2.0: NextDiT on 16-channel flow latents, Gemma 2 captions; text-to-image only."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    path = Path(path)
+    tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=16, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(2, 2, 4), axes_lens=(320, 32, 32),
+        cap_feat_dim=8,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
+        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, attn_implementation="eager",
+    )).eval()
+    Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed),
+                    text_encoder=text_encoder, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+def build_tiny_z_image(path: str | Path, seed: int = 0) -> Path:
+    """Z-Image: single-stream DiT on 16-channel flow latents, a Qwen3 text encoder (img2img pipeline)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    path = Path(path)
+    tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", ("<|im_start|>", "<|im_end|>"))
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(path.parent / f".tok-{path.name}")
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[2, 2, 4], axes_lens=[512, 32, 32],
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen3Model(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=8, vocab_size=len(tok), bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+    )).eval()
+    ZImageImg2ImgPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
+                          text_encoder=text_encoder, tokenizer=tok, transformer=transformer).save_pretrained(path)
+    return path
+
+
+def build_tiny_hunyuandit(path: str | Path, seed: int = 0) -> Path:
+    """HunyuanDiT: DiT on SD's latents, BERT + T5 captions, DDPM; no timesteps/sigmas argument, text-to-image only."""
+    from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    (tok_dir / "bert").mkdir(parents=True, exist_ok=True)
+    (tok_dir / "bert" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_CHARS]))
+    bert_tok = BertTokenizer(str(tok_dir / "bert" / "vocab.txt"), model_max_length=77)
+    t5_tok, t5 = _t5(tok_dir / "t5", d_model=32, seed=seed + 2)
+    torch.manual_seed(seed + 1)
+    bert = BertModel(BertConfig(vocab_size=len(bert_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=80)).eval()
+    torch.manual_seed(seed)
+    transformer = HunyuanDiT2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+        cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=16, text_len=77,
+        text_len_t5=256,
+    ).eval()
+    HunyuanDiTPipeline(vae=tiny_vae(seed), text_encoder=bert, tokenizer=bert_tok, transformer=transformer,
+                       scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                                               clip_sample=False, steps_offset=1),
+                       safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                       text_encoder_2=t5, tokenizer_2=t5_tok).save_pretrained(path)
+    return path
+
+
+def build_tiny_cogview4(path: str | Path, seed: int = 0) -> Path:
+    """CogView4: DiT on 16-channel flow latents with a GLM text encoder; text-to-image only."""
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    path = Path(path)
+    tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")  # any fast tokenizer with a pad token
+    torch.manual_seed(seed)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        text_embed_dim=16, time_embed_dim=8, condition_dim=4, pos_embed_max_size=32, sample_size=8,
+        rope_axes_dim=(4, 4),
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = GlmModel(GlmConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=8, vocab_size=len(tok), pad_token_id=tok.pad_token_id, max_position_embeddings=512,
+    )).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                use_dynamic_shifting=True, time_shift_type="linear")
+    CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=_flow_vae(seed), transformer=transformer,
+                     scheduler=scheduler).save_pretrained(path)
+    return path
