@@ -139,18 +139,23 @@ class InpaintMasks:
         return kwargs
 
     def __call__(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The step hook, then the model's mask input for the next step: the pixels free by then."""
         before = len(self.hook.records)
         if not self.masks:
             self.masks.append(self.current)
         out = self.hook(pipe, i, t, callback_kwargs)
         if len(self.hook.records) == before:
             return out  # half of a second-order step, or the last step: the mask stays
-        step = self.hook.records[-1].global_step  # the next model step's index in the run
-        wanted = self.latent_mask(step)
+        wanted = self.latent_mask(self.hook.records[-1].global_step)  # the next model step's index in the run
         self.masks.append(wanted)
         if torch.equal(wanted, self.current):
             return out
         self.current = wanted
+        return self.update(pipe, wanted, out, callback_kwargs)
+
+    def update(self, pipe: Any, wanted: torch.Tensor, out: dict[str, Any],
+               callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The grown mask into the pipeline's mask inputs (a new masked image is encoded)."""
         current: Optional[torch.Tensor] = callback_kwargs.get("mask")
         batch = int(current.shape[0]) if current is not None else 1
         dtype = current.dtype if current is not None else torch.float32
@@ -186,26 +191,17 @@ class FluxFillMasks(InpaintMasks):
     def prepare(self, pipe: Any, kwargs: dict[str, Any], batch: int) -> dict[str, Any]:
         return dict(kwargs, mask_image=self.mask_image())
 
-    def __call__(self, pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        before = len(self.hook.records)
-        if not self.masks:
-            self.masks.append(self.current)
-        out = self.hook(pipe, i, t, callback_kwargs)
-        if len(self.hook.records) == before:
-            return out
-        wanted = self.latent_mask(self.hook.records[-1].global_step)
-        self.masks.append(wanted)
-        if not torch.equal(wanted, self.current):
-            self.current = wanted
-            latents = callback_kwargs["latents"]
-            pixel = self.pixel_mask(wanted)
-            masked = self.init * (1 - pixel)  # the original outside the mask, as Flux Fill builds it
-            mask, masked_latents = pipe.prepare_mask_latents(
-                pixel, masked.to(device=latents.device, dtype=latents.dtype), int(latents.shape[0]),
-                int(pipe.vae.config.latent_channels), 1, self.height, self.width, latents.dtype, latents.device,
-                self.generator,
-            )
-            self.condition = torch.cat((masked_latents, mask), dim=-1)
+    def update(self, pipe: Any, wanted: torch.Tensor, out: dict[str, Any],
+               callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        latents = callback_kwargs["latents"]
+        pixel = self.pixel_mask(wanted)
+        masked = self.init * (1 - pixel)  # the original outside the mask, as Flux Fill builds it
+        mask, masked_latents = pipe.prepare_mask_latents(
+            pixel, masked.to(device=latents.device, dtype=latents.dtype), int(latents.shape[0]),
+            int(pipe.vae.config.latent_channels), 1, self.height, self.width, latents.dtype, latents.device,
+            self.generator,
+        )
+        self.condition = torch.cat((masked_latents, mask), dim=-1)
         return out
 
     # the condition swap while the pipeline runs ----------------------------------------------------
