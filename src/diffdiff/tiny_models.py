@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -176,10 +177,19 @@ def _char_gemma_tokenizer(folder: Path):
     return tok
 
 
+def _tiny_gemma2(vocab_size: int) -> Any:
+    """A one-layer Gemma 2 text encoder with 8-dim states (Sana's and Lumina2's captioner, tiny)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(Gemma2Config(
+        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
+        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512, attn_implementation="eager",
+    )).eval()
+
+
 def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
     """Sana: linear-attention DiT on a DC-AE (x32, as the real one), Gemma 2, flow matching."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     path = Path(path)
     tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")
@@ -202,10 +212,7 @@ def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
         scaling_factor=0.41407,
     ).eval()
     torch.manual_seed(seed + 1)
-    text_encoder = Gemma2Model(Gemma2Config(
-        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
-        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, attn_implementation="eager",
-    )).eval()
+    text_encoder = _tiny_gemma2(len(tok))
     SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)).save_pretrained(path)
     return path
@@ -214,7 +221,6 @@ def build_tiny_sana(path: str | Path, seed: int = 0) -> Path:
 def build_tiny_lumina2(path: str | Path, seed: int = 0) -> Path:
     """Lumina-Image 2.0: NextDiT on 16-channel flow latents, Gemma 2 captions; text-to-image only."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     path = Path(path)
     tok = _char_gemma_tokenizer(path.parent / f".tok-{path.name}")
@@ -225,10 +231,7 @@ def build_tiny_lumina2(path: str | Path, seed: int = 0) -> Path:
         cap_feat_dim=8,
     ).eval()
     torch.manual_seed(seed + 1)
-    text_encoder = Gemma2Model(Gemma2Config(
-        head_dim=16, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
-        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, attn_implementation="eager",
-    )).eval()
+    text_encoder = _tiny_gemma2(len(tok))
     Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed),
                     text_encoder=text_encoder, tokenizer=tok).save_pretrained(path)
     return path
