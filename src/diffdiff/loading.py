@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from .errors import ModelLoadError
+from .micro import MICRO_NAME, model_path
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -235,6 +236,10 @@ def load_pipeline(
 
     device, dtype = resolve_device_dtype(device, torch_dtype)
     model_str = str(model)
+    # --- issue 14: "micro" is the packaged micro model, unless a local path of that name exists ---
+    if model_str == MICRO_NAME and not Path(model_str).expanduser().exists():
+        model_str = str(model_path())
+    # --- end issue 14 ---
     path = Path(model_str).expanduser()
     looks_local = path.exists() or model_str.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES
     try:
