@@ -174,10 +174,10 @@ def _log(out: Path, msg: str) -> None:
         fh.write(line + "\n")
 
 
-def _lr(step: int, total: int, base: float, warmup: int, decay_from: float) -> float:
+def _lr(step: int, total: int, base: float, warmup: int, start: int) -> float:
+    """Linear warm-up, constant, then cosine from ``start`` down to 10 % at ``total``."""
     if step < warmup:
         return base * (step + 1) / warmup
-    start = int(total * decay_from)
     if step < start:
         return base
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - start) / max(total - start, 1))))
@@ -196,7 +196,11 @@ def train_vae(out: Path, args: argparse.Namespace, state: dict) -> Any:
         opt.load_state_dict(saved["opt"])
         step = saved["step"]
     if step >= args.vae_steps:
-        return vae.eval()
+        vae.eval()
+        if state.get("vae_psnr_step") != step:  # e.g. stopped at a checkpoint between two evaluations
+            state["vae_psnr_128"], state["vae_psnr_step"] = heldout_psnr(vae, 128), step
+            _save_state(out, state)
+        return vae
     images = _images(out, args.vae_images)
     torch.manual_seed(args.seed)
     vae.train()
@@ -213,7 +217,7 @@ def train_vae(out: Path, args: argparse.Namespace, state: dict) -> Any:
         x = _to_unit(np.ascontiguousarray(batch))
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         for group in opt.param_groups:
-            group["lr"] = _lr(step, args.vae_steps, args.vae_lr, 50, 1.0)  # constant after warm-up
+            group["lr"] = _lr(step, args.vae_steps, args.vae_lr, 50, args.vae_steps - args.vae_decay_steps)
         dist = vae.encode(x).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
         rec = vae.decode(z).sample
@@ -233,7 +237,7 @@ def train_vae(out: Path, args: argparse.Namespace, state: dict) -> Any:
             psnr = heldout_psnr(vae, 128)
             vae.train()
             _log(out, f"vae step {step} held-out PSNR {psnr:.2f} dB")
-            state["vae_psnr_128"] = psnr
+            state["vae_psnr_128"], state["vae_psnr_step"] = psnr, step
         if time.time() - last_save > args.save_every or step == args.vae_steps:
             _atomic_torch_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
             state["vae_steps_done"] = step
@@ -307,7 +311,7 @@ def train_unet(out: Path, args: argparse.Namespace, vae: Any, latents: torch.Ten
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = _lr(step, args.unet_steps, args.unet_lr, 100, 1.0)
+            group["lr"] = _lr(step, args.unet_steps, args.unet_lr, 100, args.unet_steps)  # constant after warm-up
         cond = text(tokens)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         snr = compute_snr(noise_sched, t)
@@ -379,6 +383,7 @@ def provenance(state: dict, args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "vae_steps": state.get("vae_steps_done"),
         "vae_batch": args.vae_batch,
+        "vae_lr": f"{args.vae_lr} constant, cosine to 10 % over the last {args.vae_decay_steps} steps",
         "vae_crop": f"{args.vae_crop}px for the first {args.vae_crop_until:.0%} of steps",
         "vae_final_loss": state.get("vae_final_loss"),
         "vae_heldout_psnr_db": state.get("vae_psnr_128"),
@@ -407,11 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=24000)
+    parser.add_argument("--n-train", type=int, default=16000)
     parser.add_argument("--vae-images", type=int, default=8000)
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-decay-steps", type=int, default=400, help="last VAE steps with a cosine LR decay")
     parser.add_argument("--vae-crop", type=int, default=32, help="crop size for the first part of VAE training")
     parser.add_argument("--vae-crop-until", type=float, default=1.0, help="fraction of VAE steps on crops")
     parser.add_argument("--unet-steps", type=int, default=6000)
