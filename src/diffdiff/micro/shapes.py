@@ -217,3 +217,31 @@ def dominant_colours(image: Image.Image | np.ndarray) -> tuple[str, str]:
     bg = int(counts.argmax())
     counts[bg] = -1
     return COLOURS[int(counts.argmax())], COLOURS[bg]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffdiff.micro.shapes --seed N -o picture.png [--mask mask.png]``: one shapes picture."""
+    import argparse
+    import sys
+
+    from ..io import save_png_atomic
+
+    parser = argparse.ArgumentParser(description="Render one shapes-world picture (and its object mask).")
+    parser.add_argument("--seed", type=int, default=HELDOUT_START)
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--mask", default=None, help="also write the object mask (white = object)")
+    args = parser.parse_args(argv)
+    image, mask, text = sample(args.seed)
+    try:
+        save_png_atomic(image, args.output, {"caption": text, "seed": args.seed})
+        if args.mask:
+            save_png_atomic(Image.fromarray((mask * 255).astype(np.uint8), "L"), args.mask)
+    except OSError as exc:
+        print(f"error: cannot write the picture: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
