@@ -37,28 +37,28 @@ def _fmt(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
-def map_search(editor, seeds: list[int]) -> tuple[list[dict], dict]:
-    """IoU of (auto map > threshold) with the true mask over a grid of settings."""
-    from diffdiff.micro import quality, shapes
+#: Maps are fetched once per (noise level, smoothing) with a wide normalisation (white at this many
+#: times the mean), so every cut "raw > k x mean" can be read off one map: with clamp_ratio c and
+#: threshold t the mask is raw > t*c x mean, i.e. k = t*c.
+WIDE = 8.0
 
-    strengths, smooths, ratios = (0.3, 0.5, 0.7, 0.9), (0.0, 0.5, 1.0, 2.0), (2.0, 3.0, 4.0)
-    thresholds = [round(t, 2) for t in np.arange(0.1, 0.95, 0.05)]
+
+def map_search(editor, seeds: list[int]) -> tuple[list[dict], dict]:
+    """IoU of the automatic mask with the true mask over noise level, smoothing and cut k = t * c."""
+    from diffdiff.micro import quality
+
+    strengths, smooths = (0.3, 0.5, 0.7, 0.9), (0.0, 0.5, 1.0, 2.0)
+    ks = [round(k, 2) for k in np.arange(0.3, 4.01, 0.1)]
     rows = []
-    for es, sm, cr in itertools.product(strengths, smooths, ratios):
-        maps, masks = [], []
-        for s in seeds:
-            image, mask, src, tgt = quality.diffedit_case(s)
-            m = np.asarray(editor.auto_map(image, src, tgt, encode_strength=es, seed=s, smooth=sm, clamp_ratio=cr),
-                           np.float32) / 255
-            maps.append(m)
-            masks.append(mask)
-        for t in thresholds:
-            ious = [quality.iou(m > t, k) for m, k in zip(maps, masks)]
-            rows.append({"encode_strength": es, "smooth": sm, "clamp_ratio": cr, "threshold": t,
-                         "iou": float(np.mean(ious)), "iou_min": float(np.min(ious)),
-                         "peak": float(np.mean([m.max() for m in maps]))})
-    best = max(rows, key=lambda r: (round(r["iou"], 3), -abs(r["threshold"] - 0.5)))
-    del shapes
+    cases = [quality.diffedit_case(s) for s in seeds]
+    for es, sm in itertools.product(strengths, smooths):
+        maps = [np.asarray(editor.auto_map(image, src, tgt, encode_strength=es, seed=s, smooth=sm, clamp_ratio=WIDE),
+                           np.float32) / 255 for s, (image, _, src, tgt) in zip(seeds, cases)]
+        for k in ks:
+            ious = [quality.iou(m > k / WIDE, c[1]) for m, c in zip(maps, cases)]
+            rows.append({"encode_strength": es, "smooth": sm, "k": k, "iou": float(np.mean(ious)),
+                         "iou_min": float(np.min(ious))})
+    best = max(rows, key=lambda r: round(r["iou"], 3))
     return rows, best
 
 
@@ -138,28 +138,25 @@ def main() -> int:
     if not args.no_search:
         grid, best = map_search(ed, [heldout(1000 + i) for i in range(args.map_seeds)])
         (HERE / "quality_map_search.json").write_text(json.dumps(grid, indent=1))
-        cur = [r for r in grid if (r["encode_strength"], r["smooth"], r["clamp_ratio"]) == (0.5, 1.0, 3.0)]
-        cur_05 = next(r for r in cur if abs(r["threshold"] - 0.5) < 1e-6)
-        best_cur = max(cur, key=lambda r: r["iou"])
+        old = next(r for r in grid if (r["encode_strength"], r["smooth"], r["k"]) == (0.5, 1.0, 1.5))
         by_es = {es: max((r for r in grid if r["encode_strength"] == es), key=lambda r: r["iou"])
                  for es in sorted({r["encode_strength"] for r in grid})}
         by_sm = {sm: max((r for r in grid if r["smooth"] == sm), key=lambda r: r["iou"])
                  for sm in sorted({r["smooth"] for r in grid})}
         lines = ["", "## Automatic map: which settings localise best", "",
-                 f"IoU of `auto_map > threshold` with the true object mask, {args.map_seeds} further held-out "
-                 "red-to-blue circles (10 noise draws each); full grid in `quality_map_search.json`.", "",
-                 f"- Best overall: encode_strength {best['encode_strength']}, smooth {best['smooth']}, "
-                 f"clamp_ratio {best['clamp_ratio']}, threshold {best['threshold']}: IoU {_fmt(best['iou'])} "
-                 f"(min {_fmt(best['iou_min'])}).",
-                 f"- Previous defaults (0.5, smooth 1.0, clamp 3.0) at threshold 0.5: IoU {_fmt(cur_05['iou'])}; "
-                 f"their best threshold {best_cur['threshold']}: IoU {_fmt(best_cur['iou'])}; mean map peak "
-                 f"{_fmt(cur_05['peak'])}.", "",
-                 "| encode_strength | best IoU | at smooth / clamp / threshold |", "|---|---|---|"]
-        lines += [f"| {es} | {_fmt(r['iou'])} | {r['smooth']} / {r['clamp_ratio']} / {r['threshold']} |"
-                  for es, r in by_es.items()]
-        lines += ["", "| smooth (latent cells) | best IoU | at encode_strength / clamp / threshold |", "|---|---|---|"]
-        lines += [f"| {sm} | {_fmt(r['iou'])} | {r['encode_strength']} / {r['clamp_ratio']} / {r['threshold']} |"
-                  for sm, r in by_sm.items()]
+                 f"IoU of the automatic mask with the true object mask on {args.map_seeds} further held-out "
+                 "red-to-blue circles (10 noise draws each). A map with `clamp_ratio` c thresholded at t marks "
+                 "the cells whose smoothed difference exceeds k = t x c times its mean, so the table searches "
+                 "k; full grid in `quality_map_search.json`.", "",
+                 f"- Best: encode_strength {best['encode_strength']}, smooth {best['smooth']}, k {best['k']} "
+                 f"(threshold 0.5 with clamp_ratio {2 * best['k']:.1f}): IoU {_fmt(best['iou'])} "
+                 f"(worst image {_fmt(best['iou_min'])}).",
+                 f"- The old defaults (encode_strength 0.5, smooth 1.0, clamp_ratio 3 at threshold 0.5, k 1.5): "
+                 f"IoU {_fmt(old['iou'])}.", "",
+                 "| encode_strength | best IoU | at smooth / k |", "|---|---|---|"]
+        lines += [f"| {es} | {_fmt(r['iou'])} | {r['smooth']} / {r['k']} |" for es, r in by_es.items()]
+        lines += ["", "| smooth (latent cells) | best IoU | at encode_strength / k |", "|---|---|---|"]
+        lines += [f"| {sm} | {_fmt(r['iou'])} | {r['encode_strength']} / {r['k']} |" for sm, r in by_sm.items()]
         search_md = "\n".join(lines) + "\n"
 
     prov = json.loads((Path(ed.model_name) if Path(ed.model_name).is_dir() else _micro()).joinpath(

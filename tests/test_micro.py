@@ -239,3 +239,50 @@ def test_shapes_command_writes_picture_and_mask(tmp_path: Path, capsys: pytest.C
     assert read_metadata(Image.open(tmp_path / "p.png"))["caption"] == text
     assert shapes.main(["-o", str(tmp_path / "missing" / "p.png")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_every_model_file_ships_as_package_data() -> None:
+    """pyproject's package-data globs cover every file of the packaged model (wheels carry it)."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    cfg = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = cfg["tool"]["setuptools"]["package-data"]["diffdiff.micro"]
+    root = model_path().parent
+    files = [f.relative_to(root).as_posix() for f in model_path().rglob("*") if f.is_file()]
+    assert files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert not missing, missing
+
+
+def _train(out: Path, *extra: str) -> int:
+    from diffdiff.micro import train
+
+    return train.main(["--out", str(out), "--n-train", "24", "--vae-images", "24", "--vae-steps", "2",
+                       "--vae-decay-steps", "1", "--vae-batch", "2", "--unet-batch", "2", "--save-every", "0",
+                       "--threads", "1", "--psnr-images", "4", *extra])
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """A stopped run continues from its checkpoint; each step's draws depend on (seed, step) only."""
+    from diffdiff.micro import train
+
+    assert _train(tmp_path / "b", "--unet-steps", "2") == 0
+    first = torch.load(tmp_path / "b" / "unet.pt", weights_only=False)
+    assert _train(tmp_path / "b", "--unet-steps", "3") == 2  # checkpoints there: --resume is required
+    assert _train(tmp_path / "b", "--unet-steps", "3", "--resume") == 0
+    b = torch.load(tmp_path / "b" / "unet.pt", weights_only=False)
+    assert (first["step"], b["step"]) == (2, 3)
+    assert any(not torch.equal(v, b["unet"][k]) for k, v in first["unet"].items())  # one more step was taken
+    i1, d1, g1 = train.unet_draw(0, 2, 24, 4)
+    i2, d2, g2 = train.unet_draw(0, 2, 24, 4)
+    assert np.array_equal(i1, i2) and np.array_equal(d1, d2) and torch.equal(torch.randn(3, generator=g1),
+                                                                            torch.randn(3, generator=g2))
+    assert not np.array_equal(i1, train.unet_draw(0, 3, 24, 4)[0])
+    prov = json.loads((tmp_path / "b" / "model" / "provenance.json").read_text())
+    assert prov["unet_steps"] == 3 and prov["vae_steps"] == 2 and prov["generator_version"] == shapes.GENERATOR_VERSION
+    assert "--unet-steps 3" in prov["command"] and "--resume" not in prov["command"]
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    assert StableDiffusionImg2ImgPipeline.from_pretrained(tmp_path / "b" / "model").vae.config.scaling_factor == \
+        pytest.approx(prov["latent_scale"])

@@ -129,12 +129,13 @@ def _images(out: Path, n: int) -> np.ndarray:
     """uint8 (n, 3, 64, 64) training images for seeds 0..n-1, cached in chunks under ``out``."""
     parts = []
     for start in range(0, n, CHUNK):
-        f = out / f"images-{shapes.GENERATOR_VERSION}-{start}.npy"
+        stop = min(start + CHUNK, n)
+        f = out / f"images-{shapes.GENERATOR_VERSION}-{start}-{stop}.npy"
         if not f.exists():
-            arr, _ = shapes.batch(range(start, start + CHUNK))
+            arr, _ = shapes.batch(range(start, stop))
             _atomic_save_npy(f, arr.transpose(0, 3, 1, 2).copy())
         parts.append(np.load(f))
-    return np.concatenate(parts)[:n]
+    return np.concatenate(parts)
 
 
 def _to_unit(arr: np.ndarray) -> torch.Tensor:
@@ -146,7 +147,7 @@ def heldout_psnr(vae: Any, n: int = 256) -> float:
     arr, _ = shapes.batch(range(shapes.HELDOUT_START, shapes.HELDOUT_START + n))
     x = _to_unit(arr.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        rec = torch.cat([vae.decode(vae.encode(x[i:i + 64]).latent_dist.mean).sample for i in range(0, n, 64)])
+        rec = torch.cat([vae.decode(vae.encode(x[i:i + 64]).latent_dist.mean).sample for i in range(0, len(x), 64)])
     ref = (x + 1) * 127.5
     out = ((rec.clamp(-1, 1) + 1) * 127.5).round()
     mse = ((out - ref) ** 2).flatten(1).mean(1).clamp_min(1e-10)
@@ -198,7 +199,7 @@ def train_vae(out: Path, args: argparse.Namespace, state: dict) -> Any:
     if step >= args.vae_steps:
         vae.eval()
         if state.get("vae_psnr_step") != step:  # e.g. stopped at a checkpoint between two evaluations
-            state["vae_psnr_128"], state["vae_psnr_step"] = heldout_psnr(vae, 128), step
+            state["vae_psnr_128"], state["vae_psnr_step"] = heldout_psnr(vae, args.psnr_images), step
             _save_state(out, state)
         return vae
     images = _images(out, args.vae_images)
@@ -234,7 +235,7 @@ def train_vae(out: Path, args: argparse.Namespace, state: dict) -> Any:
                       f"{(time.time() - t0) / len(losses):.2f}s/step")
         if step % 500 == 0 or step == args.vae_steps:
             vae.eval()
-            psnr = heldout_psnr(vae, 128)
+            psnr = heldout_psnr(vae, args.psnr_images)
             vae.train()
             _log(out, f"vae step {step} held-out PSNR {psnr:.2f} dB")
             state["vae_psnr_128"], state["vae_psnr_step"] = psnr, step
@@ -270,6 +271,15 @@ def encode_latents(out: Path, args: argparse.Namespace, vae: Any, state: dict) -
     return latents.half(), scale
 
 
+def unet_draw(seed: int, step: int, n: int, batch: int) -> tuple[np.ndarray, np.ndarray, torch.Generator]:
+    """Step ``step``'s batch indices, caption-dropout flags and noise generator: a function of the
+    seed and the step only, so a resumed run draws exactly what an uninterrupted one does."""
+    rng = np.random.default_rng([seed, _STAGE_IDS["unet"], step])
+    idx = rng.integers(n, size=batch)
+    drop = rng.random(batch) < 0.1
+    return idx, drop, torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+
 def train_unet(out: Path, args: argparse.Namespace, vae: Any, latents: torch.Tensor, scale: float,
                state: dict) -> None:
     from diffusers import DDPMScheduler
@@ -300,10 +310,7 @@ def train_unet(out: Path, args: argparse.Namespace, vae: Any, latents: torch.Ten
     text.train()
     last_save, t0, losses, n_timed = time.time(), time.time(), [], 0
     while step < args.unet_steps:
-        rng = np.random.default_rng([args.seed, _STAGE_IDS["unet"], step])
-        idx = rng.integers(len(latents), size=args.unet_batch)
-        drop = rng.random(args.unet_batch) < 0.1
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        idx, drop, gen = unet_draw(args.seed, step, len(latents), args.unet_batch)
         z0 = latents[idx].float() * scale
         tokens = ids[idx].clone()
         tokens[torch.from_numpy(drop)] = empty
@@ -423,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=6000)
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=6e-4)
+    parser.add_argument("--psnr-images", type=int, default=128, help="held-out images for the VAE's PSNR checks")
     parser.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
     parser.add_argument("--stop-after", choices=["vae", "latents", "unet"], default="unet")
     args = parser.parse_args(argv)
