@@ -9,9 +9,6 @@ model can pass.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,15 +186,17 @@ def test_out_of_grammar_prompt_still_runs(micro: Editor) -> None:
 
 
 def test_cli_model_micro(tmp_path: Path) -> None:
-    image, _, text = shapes.sample(heldout(2))
+    from typer.testing import CliRunner
+
+    from diffdiff.cli import app
+
+    image, _, _ = shapes.sample(heldout(2))
     image.save(tmp_path / "in.png")
     Image.fromarray(np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1)), "L").save(tmp_path / "map.png")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.run([sys.executable, "-m", "diffdiff", "edit", str(tmp_path / "in.png"), "--map",
-                           str(tmp_path / "map.png"), "--prompt", "a blue square on a white background",
-                           "--model", "micro", "--steps", "6", "--seed", "1", "-o", str(tmp_path / "out.png")],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    res = CliRunner().invoke(app, ["edit", str(tmp_path / "in.png"), "--map", str(tmp_path / "map.png"), "--prompt",
+                                   "a blue square on a white background", "--model", "micro", "--steps", "6",
+                                   "--seed", "1", "-o", str(tmp_path / "out.png")])
+    assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "out.png").size == (64, 64)
 
 
