@@ -173,8 +173,10 @@ def border_energy(src: Image.Image, out: Image.Image, hole: np.ndarray, width: i
     d = np.asarray(out, np.float64) - np.asarray(src, np.float64)
     gy, gx = np.gradient(d, axis=(0, 1))
     energy = (gx**2 + gy**2).sum(-1)
-    ring = ndimage.binary_dilation(hole, iterations=width) & ~ndimage.binary_erosion(hole, iterations=width)
-    return float(energy[ring].mean())
+    # border_value=1: where the hole meets the frame there is no kept neighbour, hence no border
+    ring = ndimage.binary_dilation(hole, iterations=width) & ~ndimage.binary_erosion(hole, iterations=width,
+                                                                                    border_value=1)
+    return float(np.median(energy[ring]))
 
 
 @dataclass
@@ -194,8 +196,9 @@ def soft_inpaint_border(editor: Any, seeds: Iterable[int], softness: float = 4.0
         scene = shapes.random_scene(s)
         image, mask = shapes.render(scene)
         hole = hole_for(mask)
-        parts = target_scene_parts(s, scene)
-        prompt = shapes.caption(parts["colour"], scene.shape, scene.background, scene.style)
+        rng = np.random.default_rng([shapes.GENERATOR_VERSION, int(s), 13])
+        colour = rng.choice([c for c in shapes.COLOURS if c not in (scene.colour, scene.background)])
+        prompt = shapes.caption(str(colour), scene.shape, scene.background, scene.style)
         hole_img = Image.fromarray((hole * 255).astype(np.uint8), "L")
         soft = editor.soft_inpaint(image, hole_img, softness, prompt, num_inference_steps=steps, seed=s)[0]
         hard = editor.edit(image, hole.astype(np.float32), prompt, num_inference_steps=steps, seed=s)[0]
