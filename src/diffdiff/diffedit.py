@@ -51,10 +51,10 @@ SUPPORTED_FAMILIES = ("sd", "sdxl")
 #: Noise draws evaluated per denoiser call in :func:`auto_map` (bounds memory on large images).
 _DRAWS_PER_BATCH = 4
 #: Automatic-map defaults, picked by what localises best on the trained micro model
-#: (benchmarks/QUALITY.md, "Automatic map"): light smoothing, and white at 4x the mean, so that
-#: ``map > 0.5`` (diffedit's threshold) marks cells whose difference exceeds twice the mean.
+#: (benchmarks/QUALITY.md, "Automatic map"): light smoothing, and white at 7x the mean, so that
+#: ``map > 0.5`` (diffedit's threshold) marks cells whose difference exceeds 3.5x the mean.
 MAP_SMOOTH = 0.5
-MAP_CLAMP_RATIO = 4.0
+MAP_CLAMP_RATIO = 7.0
 
 
 # --------------------------------------------------------------------------------------------------
