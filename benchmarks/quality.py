@@ -102,7 +102,8 @@ def main() -> int:
     mean_ch = np.mean([b.changes for b in bands], axis=0)
     rows.append(("DD band adherence (bands 0, .25, .5, .75, 1)",
                  f"Spearman 1.0 in {np.mean([r >= 1.0 for r in rho]):.0%} of images (mean {_fmt(np.mean(rho))}); "
-                 f"mean change per band {', '.join(f'{c:.1f}' for c in mean_ch)}; band 0 byte-identical: {ident}",
+                 f"mean change per band {', '.join(f'{c:.1f}' for c in mean_ch)} (Spearman of the means "
+                 f"{quality._spearman(quality.BANDS, mean_ch):.2f}); band 0 byte-identical: {ident}",
                  "Spearman 1.0 over seeds, band 0 identical", f"{n} images",
                  min(rho) >= FLOORS["band_spearman"] and ident))
 
@@ -177,8 +178,10 @@ def main() -> int:
            "the band levels per image; band 0 compared byte for byte.",
            "- Fan: `Editor.fan` with 5 columns; mean |change| per column vs its strength.",
            "- Soft-inpainting: hole = object's bounding box + 5 px, prompt = same caption with a new shape colour; "
-           "energy = mean |grad(out - src)|^2 on the hole's border (2 px either side), soft (softness 4) vs the "
-           "same hole as a hard map; pooled = mean soft / mean hard.",
+           "energy = median over the hole's border (2 px either side, not where the hole meets the frame) of "
+           "|grad(out - src)|^2, the gradient of the change, so only seams the edit made count (the median: a new "
+           "object's own edges crossing the border do not dominate); soft (softness 4) vs the same hole as a hard "
+           "map; pooled = mean soft / mean hard.",
            "- DiffEdit: `a red circle on a X background` to `a blue circle on a X background`; the automatic mask "
            "(default settings) vs the rendered object mask; colour = nearest palette colour of the object's pixels "
            "after `diffedit`; rest = mean |change| outside the object grown by 2 px."]

@@ -108,6 +108,8 @@ def test_loads_with_diffusers_alone() -> None:
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model_path())
     pipe.set_progress_bar_config(disable=True)
+    assert 3.2e6 < sum(p.numel() for p in pipe.unet.parameters()) < 3.4e6  # README: 3.3 M parameters
+    assert pipe.vae.config.latent_channels == 4 and pipe.unet.config.sample_size == 16
     image, _, text = shapes.sample(heldout(0))
     out = pipe(text, image=image, strength=0.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (64, 64)
@@ -310,3 +312,19 @@ def test_auto_map_defaults_localise_better_than_the_old_ones(micro: Editor) -> N
             m = np.asarray(micro.auto_map(image, src, tgt, seed=s, **kw), np.float32) / 255
             out.append(quality.iou(m > 0.5, mask))
     assert np.mean(new) > np.mean(old), (new, old)
+
+
+def test_quickstart_shows_a_graded_edit(tmp_path: Path) -> None:
+    """README's first command: examples/quickstart.py exits 0 only if the left third is byte-identical
+    and the change grows from third to third."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "quickstart.py"), "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "left third byte-identical: True" in proc.stdout
+    assert (tmp_path / "compare.png").is_file()

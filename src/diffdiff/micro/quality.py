@@ -125,6 +125,11 @@ class Bands:
     band0_identical: bool = True
 
 
+def _spearman(x: Any, y: Any) -> float:
+    """Spearman's rho, rounded so that a perfect ranking is exactly 1.0 (not 0.9999999999999999)."""
+    return round(float(stats.spearmanr(x, y).statistic), 9)
+
+
 def band_adherence(editor: Any, seeds: Iterable[int], steps: int = 20) -> list[Bands]:
     """One edit per image with a map of bands 0..1: does the change rise with the band?"""
     out = []
@@ -137,7 +142,7 @@ def band_adherence(editor: Any, seeds: Iterable[int], steps: int = 20) -> list[B
         ch = band_changes(image, res, len(BANDS))
         first = band_edges(64, len(BANDS))[1]
         same = bool(np.array_equal(np.asarray(res)[:, :first], np.asarray(image)[:, :first]))
-        out.append(Bands(ch, float(stats.spearmanr(BANDS, ch).statistic), same))
+        out.append(Bands(ch, _spearman(BANDS, ch), same))
     return out
 
 
@@ -151,7 +156,7 @@ def fan_monotonic(editor: Any, seeds: Iterable[int], steps: int = 20, columns: i
         prompt = shapes.caption(**target_scene_parts(s, scene))
         res = editor.fan(image, prompt, columns=columns, num_inference_steps=steps, seed=s)
         ch = band_changes(image, res, columns)
-        out.append(Bands(ch, float(stats.spearmanr(strengths, ch).statistic)))
+        out.append(Bands(ch, _spearman(strengths, ch)))
     return out
 
 
