@@ -119,6 +119,7 @@ def test_grammar_words_are_single_tokens(micro: Editor) -> None:
     tok = micro.pipe.tokenizer
     for word in shapes.vocabulary():
         assert len(tok.tokenize(word)) == 1, word
+    assert tok.tokenize("fox") == ["f", "o", "x</w>"]  # README: unknown words are split into characters
 
 
 def test_local_folder_named_micro_wins(tmp_path: Path, tiny_sd_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
