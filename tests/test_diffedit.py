@@ -113,8 +113,9 @@ def test_auto_map_lights_up_where_the_prompt_matters(
     found = sharp > 0.5
     assert (found & inside).sum() / (found | inside).sum() > 0.9
 
-    # Default smoothing (sigma = 1 latent cell): the peak stays there, the spill fades within 3 cells.
-    m = np.asarray(editor.auto_map(image64, "a red apple", "a green pear", num_maps=4, seed=0), np.float64) / 255
+    # Smoothing sigma = 1 latent cell (the former default): the peak stays there, the spill fades within 3 cells.
+    m = np.asarray(editor.auto_map(image64, "a red apple", "a green pear", num_maps=4, seed=0, smooth=1.0,
+                                   clamp_ratio=3.0), np.float64) / 255
     assert inside[np.unravel_index(np.argmax(m), m.shape)]
     assert m[inside].mean() > 0.8
     assert m[inside].mean() > 4 * m[~inside].mean()

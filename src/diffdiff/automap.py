@@ -29,6 +29,11 @@ from .version import __version__
 
 #: Noise draws evaluated per denoiser call in :func:`auto_map` (bounds memory on large images).
 _DRAWS_PER_BATCH = 4
+#: Automatic-map defaults, picked by what localises best on the trained micro model
+#: (benchmarks/QUALITY.md, "Automatic map"): light smoothing, and white at 7x the mean, so that
+#: ``map > 0.5`` (diffedit's threshold) marks cells whose difference exceeds 3.5x the mean.
+MAP_SMOOTH = 0.5
+MAP_CLAMP_RATIO = 7.0
 
 
 def validate_map_params(
@@ -52,7 +57,8 @@ def validate_map_params(
 def normalise_map(raw: torch.Tensor, clamp_ratio: float = 3.0, winsorise: float = 0.99) -> torch.Tensor:
     """Robust [0, 1] normalisation: divide by ``clamp_ratio`` x the mean and clamp.
 
-    This is DiffEdit's ``mask_thresholding_ratio`` rule (so ``map > 0.5`` is DiffEdit's mask), with
+    This is DiffEdit's ``mask_thresholding_ratio`` rule (``map > 0.5`` marks values above
+    ``clamp_ratio / 2`` x the mean: DiffEdit's mask for its ratio 3), with
     the mean taken after clipping values above the ``winsorise`` quantile: a few extreme pixels can
     neither darken the rest of the map nor move the mask. An all-zero difference (source prompt ==
     target prompt) stays all zero: nothing to change.
@@ -112,8 +118,8 @@ def compute_auto_map(
     num_maps: int = 10,
     encode_strength: float = 0.5,
     seed: Optional[int] = None,
-    clamp_ratio: float = 3.0,
-    smooth: float = 1.0,
+    clamp_ratio: float = MAP_CLAMP_RATIO,
+    smooth: float = MAP_SMOOTH,
 ) -> AutoMap:
     """The continuous change map for editing ``image`` from ``source_prompt`` to ``target_prompt``."""
     validate_map_params(source_prompt, target_prompt, num_maps, encode_strength, seed, clamp_ratio, smooth)

@@ -20,6 +20,7 @@ import torch
 
 from .errors import ModelLoadError
 from .families import adapter_class, check_parts, load_as_class
+from .micro import MICRO_NAME, model_path
 from .pipeinfo import as_img2img
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -250,6 +251,10 @@ def load_pipeline(
 
     device, dtype = resolve_device_dtype(device, torch_dtype)
     model_str = str(model)
+    # --- issue 14: "micro" is the packaged micro model, unless a local path of that name exists ---
+    if model_str == MICRO_NAME and not Path(model_str).expanduser().exists():
+        model_str = str(model_path())
+    # --- end issue 14 ---
     path = Path(model_str).expanduser()
     looks_local = path.exists() or model_str.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES
     try:
