@@ -569,3 +569,66 @@ def test_inpaint_checkpoint_with_two_images_and_skip_frozen(inpaint_path: Path) 
     for out in (*plain, *skipped):
         assert left_half_identical(out, img)
     assert not np.array_equal(np.asarray(plain[0]), np.asarray(plain[1]))  # two different variations
+
+
+def test_rest_lora_field_scales_one_request(tiny_sd_path: Path, lora_file: Path, sd_editor: Editor, files: Path,
+                                            addon_dir: Path) -> None:
+    """``lora=NAME:SCALE`` on /api/edit: that request runs at those scales (checked against models
+    loaded at those scales), the metadata records them, the next request is back at the load-time
+    scales; bad names and scales are one-line 422s; a server without LoRAs neither documents nor takes it."""
+    pytest.importorskip("fastapi")
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from diffdiff.web import create_app
+
+    folder = addon_dir / "named-loras"
+    folder.mkdir()
+    style = folder / "style.safetensors"
+    style.write_bytes(lora_file.read_bytes())
+    ink = folder / "ink.safetensors"
+    ink.write_bytes(save_random_lora(tiny_sd_path, addon_dir / "lora-ink", seed=1).read_bytes())
+    img, cmap = Image.open(files / "in.png"), Image.open(files / "map.png")
+    upload = {name: (f"{name}.png", (files / f).read_bytes(), "image/png") for name, f in (("image", "in.png"), ("map", "map.png"))}
+
+    def post(client: TestClient, lora: object = None) -> object:
+        data: dict[str, object] = {"prompt": "a fox", "steps": STEPS, "seed": 2}
+        if lora is not None:
+            data["lora"] = lora
+        return client.post("/api/edit", files=upload, data=data)
+
+    def pixels(response: object) -> np.ndarray:
+        assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+        return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))  # type: ignore[attr-defined]
+
+    def python_edit(*loras: str) -> np.ndarray:
+        ed = Editor.from_pretrained(tiny_sd_path, lora=list(loras), progress=False) if loras else sd_editor
+        return np.asarray(ed.edit(img, cmap, "a fox", num_inference_steps=STEPS, seed=2)[0])
+
+    ed = Editor.from_pretrained(tiny_sd_path, lora=[f"{style}:0.8", f"{ink}:0.3"], progress=False)
+    with TestClient(create_app(ed, ui=False)) as client:
+        schema = client.get("/openapi.json").json()
+        ref = schema["paths"]["/api/edit"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        field = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]["lora"]
+        assert re.fullmatch(field["pattern"], "style:0.5,ink.safetensors:-1") and not re.fullmatch(field["pattern"], "x:1")
+        first = post(client)
+        half = post(client, "style:0.5")
+        both_off = post(client, ["style:0", "ink:0"])  # repeated fields
+        again = post(client)
+        assert np.array_equal(pixels(half), python_edit(f"{style}:0.5", f"{ink}:0.3"))
+        assert np.array_equal(pixels(both_off), python_edit())  # scale 0 everywhere: the base model
+        assert np.array_equal(pixels(again), pixels(first))  # the request's scales were for that request only
+        assert not np.array_equal(pixels(half), pixels(first))
+        scales = [[r["scale"] for r in read_metadata(Image.open(io.BytesIO(r.content)))["lora"]]
+                  for r in (first, half, both_off)]
+        assert scales == [[0.8, 0.3], [0.5, 0.3], [0.0, 0.0]]
+        for bad, needle in (("nope:1", "no LoRA named 'nope'"), ("style:lots", "decimal number"),
+                            ("style:11", "from -10 to 10"), ("style", "is not NAME:SCALE")):
+            r = post(client, bad)
+            assert r.status_code == 422 and needle in r.json()["error"] and "\n" not in r.json()["error"], (bad, r.text)
+        assert np.array_equal(pixels(post(client)), pixels(first))  # refused requests changed nothing
+    with TestClient(create_app(sd_editor, ui=False)) as client:
+        r = post(client, "style:0.5")
+        assert r.status_code == 422 and r.json()["error"] == "lora: this server's model has no LoRA loaded"
+        assert "lora" not in client.get("/openapi.json").text

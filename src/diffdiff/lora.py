@@ -4,13 +4,18 @@ Everything goes through diffusers' own ``load_lora_weights`` (diffusers, Kohya a
 single-file LoRAs; peft does the work underneath) and ``set_adapters`` for the scales. This module
 only parses the specs, names one adapter per LoRA, turns loader failures into one line naming the
 file, refuses a LoRA none of whose weights fit the model (diffusers merely warns then), and
-describes what was loaded for the PNG metadata.
+describes what was loaded for the PNG metadata. It also owns per-call scales of loaded LoRAs
+(``NAME:SCALE`` lists, :func:`parse_scale_overrides`; :func:`scaled_loras` sets them with
+``set_adapters`` for one call and restores the load-time scales after it).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +110,83 @@ def load_loras(pipe: Any, specs: list[Any]) -> list[dict[str, Any]]:
         records.append(record)
     pipe.set_adapters(names, adapter_weights=scales)
     return records
+
+
+# per-call scales of the loaded LoRAs ---------------------------------------------------------------
+#: The per-call scale range: beyond it a LoRA only saturates the image.
+MAX_CALL_SCALE = 10.0
+#: A per-call scale as text: a decimal number in [-10, 10] (what :data:`MAX_CALL_SCALE` allows).
+SCALE_PATTERN = r"-?(?:10(?:\.0+)?|[0-9](?:\.[0-9]+)?)"
+#: Characters that cannot be in a name of a ``NAME:SCALE`` list.
+_SEPARATORS = re.compile(r"[,:\s]")
+
+
+def lora_names(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Name -> index of each loaded LoRA (records of :func:`load_loras`), for ``NAME:SCALE`` lists.
+
+    A LoRA is named by what its record says (its file name, or its hub id) and by that file name
+    without its extension; a name two LoRAs share, or one with ``,``, ``:`` or whitespace, is left out.
+    """
+    seen: dict[str, set[int]] = {}
+    for index, record in enumerate(records):
+        name = str(record["lora"])
+        for alias in {name, Path(name).stem if Path(name).suffix else name}:
+            if alias and not _SEPARATORS.search(alias):
+                seen.setdefault(alias, set()).add(index)
+    return {alias: next(iter(ids)) for alias, ids in sorted(seen.items()) if len(ids) == 1}
+
+
+def scale_list_pattern(names: list[str]) -> str:
+    """The regular expression of a ``NAME:SCALE[,NAME:SCALE...]`` list over ``names`` (or empty)."""
+    # Only the metacharacters are escaped: the pattern is ECMA-262 too (JSON Schema's dialect).
+    alternatives = "|".join(re.sub(r"[\\.^$*+?()\[\]{}|]", r"\\\g<0>", n) for n in sorted(names, key=len, reverse=True))
+    item = f"(?:{alternatives}):{SCALE_PATTERN}"
+    return f"^(?:{item}(?:,{item})*)?$"
+
+
+def parse_scale_overrides(values: list[str], records: list[dict[str, Any]]) -> dict[int, float]:
+    """``["style:0.5", "a:1,b:0"]`` -> {LoRA index: scale}; a LoRA named again takes its last scale.
+
+    Each value is a comma-separated ``NAME:SCALE`` list (empty: nothing); names are those of
+    :func:`lora_names`. Anything else is one line naming the item and what was wrong.
+    """
+    names = lora_names(records)
+    known = ", ".join(names) or "none"
+    out: dict[int, float] = {}
+    for value in values:
+        if value == "":
+            continue
+        for item in value.split(","):
+            name, sep, scale = item.rpartition(":")
+            if not sep or not name:
+                raise DiffDiffError(f"lora: {item!r} is not NAME:SCALE (loaded LoRAs: {known})")
+            if name not in names:
+                raise DiffDiffError(f"lora: no LoRA named {name!r} is loaded (loaded LoRAs: {known})")
+            if not re.fullmatch(SCALE_PATTERN, scale):
+                raise DiffDiffError(f"lora: the scale of {name!r} must be a decimal number from "
+                                    f"-{MAX_CALL_SCALE:g} to {MAX_CALL_SCALE:g}, got {scale!r}")
+            out[names[name]] = float(scale)
+    return out
+
+
+def with_scales(records: list[dict[str, Any]], overrides: dict[int, float]) -> list[dict[str, Any]]:
+    """The metadata records of the loaded LoRAs with the scales of one call."""
+    return [{**r, "scale": overrides.get(i, r["scale"])} for i, r in enumerate(records)]
+
+
+@contextmanager
+def scaled_loras(pipe: Any, records: list[dict[str, Any]], overrides: dict[int, float]) -> Iterator[None]:
+    """Run the body with the loaded LoRAs at ``overrides``' scales; their load-time scales come back after.
+
+    The adapters are those :func:`load_loras` named (``lora_<index>``), set with diffusers'
+    ``set_adapters``; the caller holds the model for the call (the web service's lock does).
+    """
+    if not overrides:
+        yield
+        return
+    names = [f"lora_{i}" for i in range(len(records))]
+    pipe.set_adapters(names, adapter_weights=[r["scale"] for r in with_scales(records, overrides)])
+    try:
+        yield
+    finally:
+        pipe.set_adapters(names, adapter_weights=[float(r["scale"]) for r in records])

@@ -11,7 +11,8 @@ Uploads are decoded in memory; filenames the client sends are ignored, so nothin
 a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
-lacks, 503 + ``Retry-After`` when the queue is full. Model work runs in a worker thread, so the
+lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request
+LoRA scales) are declared only for what the served model has loaded. Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
 """
 
@@ -35,6 +36,7 @@ from starlette.routing import Match
 from .. import __version__
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
+from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
 from ..request import EditRequest, validate_edit_params
 from .service import EditService, QueueFull, TooLarge, png_bytes
 
@@ -280,8 +282,8 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def _present(request: Request, names: tuple[str, ...]) -> None:
-    """422 for a field sent more than once, or a required text field not sent at all (empty is fine)."""
+async def _present(request: Request, names: tuple[str, ...], repeatable: tuple[str, ...] = ()) -> None:
+    """422 for a field sent more than once (but ``repeatable`` ones), or a required text field not sent at all (empty is fine)."""
     form = await request.form()  # already parsed by FastAPI: this returns the cached form
     route = request.scope["route"]
     declared = {field.alias for field in route.dependant.body_params}
@@ -289,7 +291,7 @@ async def _present(request: Request, names: tuple[str, ...]) -> None:
     for key, _ in form.multi_items():
         if key in declared:  # other fields are ignored (the schema allows them)
             counts[key] = counts.get(key, 0) + 1
-    repeated = [f"{k}: sent {n} times, expected one value" for k, n in counts.items() if n > 1]
+    repeated = [f"{k}: sent {n} times, expected one value" for k, n in counts.items() if n > 1 and k not in repeatable]
     missing = [f"{n}: Field required" for n in names if n not in counts]
     if repeated or missing:
         raise DiffDiffError("; ".join(repeated + missing))
@@ -352,13 +354,21 @@ def _first_image(out: Any) -> Image.Image:
 
 #: /api/edit's add-on fields, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
-                "ip_adapter_image": "ip_adapter"}
+                "ip_adapter_image": "ip_adapter", "lora": "loras"}
+#: What each kind of add-on is called in messages.
+ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
 
 def _served_addon_fields(service: EditService) -> set[str]:
     """The add-on fields of the model this server was given (none for a lazily loaded one)."""
     addons = getattr(service._editor, "addons", None)
-    return {name for name, kind in ADDON_FIELDS.items() if addons is not None and getattr(addons, kind)}
+    return {name for name, kind in ADDON_FIELDS.items() if addons is not None and getattr(addons, kind)
+            and (kind != "loras" or lora_names(addons.loras))}
+
+
+def _served_loras(service: EditService) -> list[dict[str, Any]]:
+    """The metadata records of the LoRAs the served model has loaded (load order)."""
+    return list(getattr(getattr(service._editor, "addons", None), "loras", None) or [])
 
 
 def build_router(service: EditService) -> APIRouter:
@@ -378,6 +388,11 @@ def build_router(service: EditService) -> APIRouter:
         )
 
     served = _served_addon_fields(service)
+    loras = _served_loras(service)
+    names = sorted(lora_names(loras))
+    lora_help = (f"Per-request LoRA scales: NAME:SCALE, comma-separated, and the field may be repeated; NAME is one "
+                 f"of {', '.join(names) or 'none'}, SCALE a decimal number from -{MAX_CALL_SCALE:g} to "
+                 f"{MAX_CALL_SCALE:g}; a LoRA named twice takes its last scale, one not named keeps its load-time scale")
 
     async def edit(
         request: Request,
@@ -397,12 +412,17 @@ def build_router(service: EditService) -> APIRouter:
         control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
         controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
         ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
+        lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
     ) -> Response:
-        await _present(request, REQUIRED_TEXT["/api/edit"])
-        unserved = sorted(set(ADDON_FIELDS) & set((await request.form()).keys()) - served)
+        await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
+        form = await request.form()
+        unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
         if unserved:  # the fields exist (and are documented) only for a served model with that add-on
             raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
-                                f"{'ControlNet' if unserved[0] != 'ip_adapter_image' else 'IP-Adapter'} loaded")
+                                f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
+        # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
+        lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
+        lora_scales = parse_scale_overrides(lora_values, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
         control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
@@ -424,10 +444,16 @@ def build_router(service: EditService) -> APIRouter:
                 addon_images["control_image"] = service.decode(control_data, "control image")
             if ip_data:
                 addon_images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
+            if lora_scales:  # the metadata records the scales this request ran with
+                edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
 
         def work(ed: Any, p: tuple[Image.Image, Image.Image, EditRequest]) -> Any:
-            return _method(ed, "edit_with")(p[0], p[1], p[2])
+            # Per-request LoRA scales: set for this edit only (we hold the model), restored after it.
+            if not lora_scales:
+                return _method(ed, "edit_with")(p[0], p[1], p[2])
+            with scaled_loras(ed.pipe, loras, lora_scales):
+                return _method(ed, "edit_with")(p[0], p[1], p[2])
 
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)
