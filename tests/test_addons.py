@@ -632,3 +632,79 @@ def test_rest_lora_field_scales_one_request(tiny_sd_path: Path, lora_file: Path,
         r = post(client, "style:0.5")
         assert r.status_code == 422 and r.json()["error"] == "lora: this server's model has no LoRA loaded"
         assert "lora" not in client.get("/openapi.json").text
+
+
+# ------------------------------------------------------------------------------------------------ web UI
+@pytest.fixture(scope="module")
+def control_ip_editor(tiny_sd_path: Path, controlnet_path: Path, ip_weights: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, ip_adapter=ip_weights, progress=False)
+
+
+def ui_of(editor: Editor) -> tuple[object, dict[str, object]]:
+    """The Gradio Blocks for ``editor`` and its components by elem_id."""
+    pytest.importorskip("gradio")
+    from diffdiff.web.service import EditService
+    from diffdiff.web.ui import build_ui
+
+    demo = build_ui(EditService(editor))
+    comps = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}  # type: ignore[attr-defined]
+    return demo, comps
+
+
+def run_edit_of(demo: object) -> object:
+    (fn,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]  # type: ignore[attr-defined]
+    return fn
+
+
+def test_ui_shows_addon_inputs_only_for_what_is_loaded(control_ip_editor: Editor, sd_editor: Editor) -> None:
+    import gradio as gr  # noqa: F401  (skipped above when missing)
+
+    demo, comps = ui_of(control_ip_editor)
+    addon_ids = {"dd-control-image", "dd-control-source", "dd-control-scale", "dd-ip-image"}
+    assert addon_ids <= set(comps)
+    assert [v for _, v in comps["dd-control-source"].choices] == ["upload", "canny"]  # type: ignore[attr-defined]
+    assert "canny" in comps["dd-control-source"].choices[1][0]  # type: ignore[attr-defined]
+    assert comps["dd-control-scale"].value == 1.0  # type: ignore[attr-defined]
+    # The run button's edit takes them (the event's inputs), in the order run_edit reads them.
+    (event,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]  # type: ignore[attr-defined]
+    ids = [getattr(c, "elem_id", None) for c in event.inputs]
+    assert ids[-4:] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]
+    _, plain = ui_of(sd_editor)
+    assert not addon_ids & set(plain) and "dd-run" in plain
+
+
+def test_ui_run_edit_passes_the_control_and_reference_images(control_ip_editor: Editor, files: Path) -> None:
+    """The UI's edit function, called as Gradio calls it: its result is the Python API's edit with the
+    same control image, scale and reference image; canny derives the control image; a missing upload is one line."""
+    import gradio as gr
+
+    demo, _ = ui_of(control_ip_editor)
+    run_edit = run_edit_of(demo)
+    img = Image.open(files / "in.png").convert("RGB")
+    control, ref, cmap = Image.open(files / "control.png"), Image.open(files / "ref.png"), band_map()
+    canvas = {"background": img, "layers": [], "composite": img}
+
+    def ui(source: str, control_image: object, ip_image: object = ref) -> tuple[np.ndarray, dict]:
+        history, meta, _ = run_edit(canvas, cmap, "a fox", "", STEPS, 7.5, 1.0, 4, "change", [], source,  # type: ignore[operator]
+                                    control_image, 0.6, ip_image, progress=lambda *a, **k: None)
+        out = Image.open(history[0])
+        assert read_metadata(out) == meta
+        return np.asarray(out.convert("RGB")), meta
+
+    got, meta = ui("upload", control)
+    want = control_ip_editor.edit(img, cmap, "a fox", num_inference_steps=STEPS, guidance_scale=7.5, seed=4,
+                                  control_image=control, controlnet_conditioning_scale=0.6, ip_adapter_image=ref)[0]
+    assert np.array_equal(got, np.asarray(want)) and left_half_identical(Image.fromarray(got), img)
+    assert meta["control_image_sha256"] == [image_sha256(control)] and meta["controlnet_scale"] == 0.6
+    assert meta["ip_adapter_image_sha256"] == image_sha256(ref) and meta["controlnet"] == ["controlnet"]
+    canny, canny_meta = ui("canny", None)
+    want_canny = control_ip_editor.edit(img, cmap, "a fox", num_inference_steps=STEPS, guidance_scale=7.5, seed=4,
+                                        control_from="canny", controlnet_conditioning_scale=0.6, ip_adapter_image=ref)[0]
+    assert np.array_equal(canny, np.asarray(want_canny)) and canny_meta["control_from"] == "canny"
+    assert not np.array_equal(canny, got)
+    with pytest.raises(gr.Error, match="upload a control image, or choose 'derive from input: canny'"):
+        ui("upload", None)
+    with pytest.raises(gr.Error, match="upload its reference image"):
+        ui("canny", None, None)
+    with pytest.raises(gr.Error, match="aspect ratio"):
+        ui("upload", Image.open(files / "wide.png"))

@@ -5,7 +5,9 @@ strokes painted on the canvas composited over it: a white stroke's opacity is th
 opaque black paints "keep". The canvas shows the image and the strokes; the preview beside it
 shows the whole map and the levels the run will use. (The toolkit map is held server-side in a
 ``gr.State`` rather than pushed into the canvas as a layer: Gradio's editor does not reliably
-render layers set from Python.) Every model call goes through the same
+render layers set from Python.) With a ControlNet loaded the Edit tab also takes a control image (or
+derives one from the input with Canny) and a control scale; with an IP-Adapter, a reference image
+(:func:`addon_kwargs` turns them into the edit's arguments). Every model call goes through the same
 :class:`~diffdiff.web.service.EditService` queue as the REST API.
 """
 
@@ -45,6 +47,9 @@ BRUSH_COLOURS: list[Any] = [("#ffffff", 1.0), ("#ffffff", 0.75), ("#ffffff", 0.5
 
 #: Results kept in the gallery (newest first).
 MAX_GALLERY = 24
+
+#: Where the ControlNet's control image comes from: (label, value) choices of the Edit tab.
+CONTROL_SOURCES: list[tuple[str, str]] = [("the control image uploaded here", "upload"), ("derive from input: canny", "canny")]
 
 
 # pure helpers (tested without a browser) ----------------------------------------------------------
@@ -110,6 +115,33 @@ def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strengt
         text = (f"**{total}** of {steps} steps will run: the map is quantised to **{total + 1} levels**"
                 + f", {used} of them used by this map (besides 'keep').")
     return pv, text
+
+
+def addon_kwargs(controlnet: bool, ip_adapter: bool, control_source: Optional[str], control_image: Any,
+                 control_scale: Any, ip_image: Any) -> dict[str, Any]:
+    """The edit's add-on arguments from the Edit tab's add-on inputs, for what the model has loaded.
+
+    ``controlnet`` / ``ip_adapter``: whether the served model has one (the inputs are shown only then).
+    ``control_source`` ``"canny"`` derives the control image from the input; ``"upload"`` uses
+    ``control_image``. A missing upload is one line saying what to do.
+    """
+    kw: dict[str, Any] = {}
+    if controlnet:
+        if control_source == "canny":
+            kw["control_from"] = "canny"
+        else:
+            control = _as_pil(control_image)
+            if control is None:
+                raise DiffDiffError("A ControlNet is loaded: upload a control image, or choose 'derive from input: canny'.")
+            kw["control_image"] = control
+        if control_scale not in (None, ""):
+            kw["controlnet_conditioning_scale"] = float(control_scale)
+    if ip_adapter:
+        reference = _as_pil(ip_image)
+        if reference is None:
+            raise DiffDiffError("An IP-Adapter is loaded: upload its reference image.")
+        kw["ip_adapter_image"] = reference
+    return kw
 
 
 class ResultStore:
@@ -214,14 +246,20 @@ def build_ui(service: EditService) -> Any:
         return None
 
     def run_edit(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, strength: float, seed: Any,
-                 polarity: str, history: list[str], progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+                 polarity: str, history: list[str], control_source: Optional[str] = None, control_image: Any = None,
+                 control_scale: Any = None, ip_image: Any = None,
+                 progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
         img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt: what the edited image should show.")
+        try:
+            extra = addon_kwargs(has_control, has_ip, control_source, control_image, control_scale, ip_image)
+        except DiffDiffError as exc:
+            raise gr.Error(str(exc)) from None
         out = run_job(lambda ed: ed.edit(
             img, cmap, prompt, negative_prompt=negative or None, num_inference_steps=int(steps),
             guidance_scale=None if guidance in (None, "") else float(guidance), strength=float(strength),
-            seed=seed_or_none(seed), polarity=polarity, metadata={"served_by": "diffdiff serve (ui)"},
+            seed=seed_or_none(seed), polarity=polarity, metadata={"served_by": "diffdiff serve (ui)"}, **extra,
         ), progress)
         res = out[0]
         path = store.save(res, "edit")
@@ -263,6 +301,10 @@ def build_ui(service: EditService) -> Any:
         default_guidance = adapter.default_guidance() if adapter is not None else None
     features = service.features()
     family = getattr(service._editor, "family", None)
+    # Add-on inputs for what the served model has loaded (a lazily loaded model shows none).
+    addons = getattr(service._editor, "addons", None) if service.loaded else None
+    has_control = bool(addons is not None and addons.controlnets)
+    has_ip = bool(addons is not None and addons.ip_adapter)
     with gr.Blocks(title="diffdiff") as demo:
         gr.Markdown(HEADER, elem_id="dd-header")
         history = gr.State([])
@@ -310,6 +352,27 @@ def build_ui(service: EditService) -> Any:
                             guidance = gr.Number(value=default_guidance, label="Guidance (CFG)", minimum=0)
                             seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="dd-seed")
                             polarity = gr.Radio(["change", "keep"], value="change", label="White means")
+                        # Add-on inputs, shown only for what the model has loaded; otherwise an empty state.
+                        control_source: Any
+                        control_image: Any
+                        control_scale: Any
+                        ip_image: Any
+                        if has_control:
+                            with gr.Accordion("ControlNet", open=True):
+                                control_source = gr.Radio(CONTROL_SOURCES, value="upload", label="Control image",
+                                                          elem_id="dd-control-source")
+                                control_image = gr.Image(label="Control image (the input's aspect ratio)", type="pil",
+                                                         sources=("upload", "clipboard"), height=200,
+                                                         elem_id="dd-control-image")
+                                control_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale",
+                                                          elem_id="dd-control-scale")
+                        else:
+                            control_source = control_image = control_scale = gr.State(None)
+                        if has_ip:
+                            ip_image = gr.Image(label="IP-Adapter reference image", type="pil",
+                                                sources=("upload", "clipboard"), height=200, elem_id="dd-ip-image")
+                        else:
+                            ip_image = gr.State(None)
                         run_btn = gr.Button("Run edit", variant="primary", elem_id="dd-run")
                 gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=4,
                                      format="png", elem_id="dd-gallery", preview=False, allow_preview=True,
@@ -375,7 +438,8 @@ def build_ui(service: EditService) -> Any:
         clear_btn.click(clear_map, None, base_map, queue=False).then(update_preview, preview_inputs, preview_outputs,
                                                                     **quiet)
         run_btn.click(update_preview, preview_inputs, preview_outputs, **quiet).then(
-            run_edit, [canvas, base_map, prompt, negative, steps, guidance, strength, seed, polarity, history],
+            run_edit, [canvas, base_map, prompt, negative, steps, guidance, strength, seed, polarity, history,
+                       control_source, control_image, control_scale, ip_image],
             [gallery, meta, history])
     return demo
 
