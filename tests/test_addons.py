@@ -617,6 +617,8 @@ def test_rest_lora_field_scales_one_request(tiny_sd_path: Path, lora_file: Path,
         both_off = post(client, ["style:0", "ink:0"])  # repeated fields
         again = post(client)
         assert np.array_equal(pixels(half), python_edit(f"{style}:0.5", f"{ink}:0.3"))
+        # By the file name too; a LoRA named twice takes its last scale.
+        assert np.array_equal(pixels(post(client, "style.safetensors:0.9,style:0.5")), pixels(half))
         assert np.array_equal(pixels(both_off), python_edit())  # scale 0 everywhere: the base model
         assert np.array_equal(pixels(again), pixels(first))  # the request's scales were for that request only
         assert not np.array_equal(pixels(half), pixels(first))
@@ -664,7 +666,8 @@ def test_ui_shows_addon_inputs_only_for_what_is_loaded(control_ip_editor: Editor
     assert addon_ids <= set(comps)
     assert [v for _, v in comps["dd-control-source"].choices] == ["upload", "canny"]  # type: ignore[attr-defined]
     assert "canny" in comps["dd-control-source"].choices[1][0]  # type: ignore[attr-defined]
-    assert comps["dd-control-scale"].value == 1.0  # type: ignore[attr-defined]
+    scale = comps["dd-control-scale"]
+    assert (scale.minimum, scale.maximum, scale.value) == (0, 2, 1.0)  # type: ignore[attr-defined]
     # The run button's edit takes them (the event's inputs), in the order run_edit reads them.
     (event,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]  # type: ignore[attr-defined]
     ids = [getattr(c, "elem_id", None) for c in event.inputs]

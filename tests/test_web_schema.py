@@ -86,6 +86,51 @@ def test_every_operation_agrees_with_the_schema(case: Any) -> None:
     case.call_and_validate()
 
 
+@pytest.fixture(scope="module")
+def lora_app(tiny_sd_path: Any, tmp_path_factory: pytest.TempPathFactory) -> StatusRecorder:
+    """A server whose model has two LoRAs loaded: /api/edit then declares the ``lora`` field."""
+    pytest.importorskip("peft")
+    from diffdiff.testing_addons import save_random_lora
+
+    folder = tmp_path_factory.mktemp("fuzz-loras")
+    style, ink = folder / "style.safetensors", folder / "ink-v2.safetensors"
+    style.write_bytes(save_random_lora(tiny_sd_path, folder / "a", seed=0).read_bytes())
+    ink.write_bytes(save_random_lora(tiny_sd_path, folder / "b", seed=1).read_bytes())
+    editor = Editor.from_pretrained(tiny_sd_path, lora=[f"{style}:0.8", str(ink)], progress=False)
+    side = hooks.MAX_SIDE
+    return StatusRecorder(create_app(editor, ui=False, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
+
+
+@pytest.fixture(scope="module")
+def lora_schema(lora_app: StatusRecorder) -> Any:
+    config = schemathesis.Config.from_dict({
+        "seed": SEED,
+        "cache": {"enabled": False},
+        "generation": {"max-examples": LORA_EXAMPLES, "database": "none", "mode": "all"},
+        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
+        "checks": {"enabled": True},
+    })
+    return schemathesis.openapi.from_asgi("/openapi.json", lora_app, config=config).include(path="/api/edit")
+
+
+LORA_EXAMPLES = 40
+lora_fuzz = schemathesis.pytest.from_fixture("lora_schema")
+
+
+@lora_fuzz.parametrize()
+def test_edit_with_loras_agrees_with_the_schema(case: Any) -> None:
+    """/api/edit of a server with LoRAs, whose schema has the ``lora`` field (a pattern over the loaded names)."""
+    case.call_and_validate()
+
+
+def test_the_lora_fuzz_sent_lora_scales(lora_app: StatusRecorder) -> None:
+    """Runs after the LoRA fuzz: it was answered 200 and 422, with no 5xx."""
+    if not lora_app.seen:
+        pytest.skip("the LoRA fuzz did not run in this session (deselected)")
+    statuses = {st for (method, path, st) in lora_app.seen if (method, path) == ("POST", "/api/edit")}
+    assert {200, 422} <= statuses and not any(st >= 500 for (_, _, st) in lora_app.seen), lora_app.seen
+
+
 def test_the_fuzz_covers_every_operation(api_schema: Any) -> None:
     """The fuzz runs over every operation in the schema, the five of today among them (a new
     endpoint or field joins the fuzz by being declared; a new file field declares its media type
