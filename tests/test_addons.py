@@ -23,7 +23,7 @@ from diffdiff import Editor
 from diffdiff.cli import app
 from diffdiff.errors import DiffDiffError
 from diffdiff.io import file_sha256, image_sha256, read_metadata
-from diffdiff.lora import parse_lora
+from diffdiff.lora import lora_names, parse_lora, parse_scale_overrides
 from diffdiff.testing import build_tiny_flux, sample_image
 from diffdiff.testing_addons import (
     build_tiny_controlnet,
@@ -634,6 +634,21 @@ def test_rest_lora_field_scales_one_request(tiny_sd_path: Path, lora_file: Path,
         r = post(client, "style:0.5")
         assert r.status_code == 422 and r.json()["error"] == "lora: this server's model has no LoRA loaded"
         assert "lora" not in client.get("/openapi.json").text
+        ip = client.post("/api/edit", files={**upload, "ip_adapter_image": upload["image"]}, data={"prompt": "a"})
+        assert ip.status_code == 422 and ip.json()["error"] == "ip_adapter_image: this server's model has no IP-Adapter loaded"
+
+
+def test_lora_names_and_per_call_scales() -> None:
+    """The names a per-call scale list may use: file name, file name without extension, hub id;
+    a name two LoRAs share is nobody's. Scales run from -10 to 10."""
+    records = [{"lora": "style.safetensors", "scale": 0.8}, {"lora": "owner/repo", "scale": 1.0},
+               {"lora": "style.bin", "scale": 1.0}]
+    assert lora_names(records) == {"style.safetensors": 0, "owner/repo": 1, "style.bin": 2}
+    assert parse_scale_overrides(["owner/repo:-10", "style.bin:10,owner/repo:0.25", ""], records) == {1: 0.25, 2: 10.0}
+    with pytest.raises(DiffDiffError, match="no LoRA named 'style'"):
+        parse_scale_overrides(["style:1"], records)
+    with pytest.raises(DiffDiffError, match="from -10 to 10, got '-10.5'"):
+        parse_scale_overrides(["owner/repo:-10.5"], records)
 
 
 # ------------------------------------------------------------------------------------------------ web UI
