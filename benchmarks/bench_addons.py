@@ -23,33 +23,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 # harness.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
-from harness import HERE, PROMPT, machine, quiet, secs, side_by_side, threads  # type: ignore[import-not-found]
+from harness import HERE, PROMPT, machine, network_calls, quiet, secs, side_by_side, threads  # type: ignore[import-not-found]
 
 
 def counted_calls(pipe: Any, fn: Callable[[], Any]) -> dict[str, int]:
     """Forward calls of the pipeline's denoiser, ControlNet and VAE halves during ``fn()``."""
-    import torch
+    return network_calls([pipe], fn, keys=("unet", "controlnet", "vae", "image_encoder"))
 
-    counts: dict[str, int] = {}
-    handles = []
-    for key in ("unet", "controlnet", "vae", "image_encoder"):
-        module = getattr(pipe, key, None)
-        if not isinstance(module, torch.nn.Module):
-            continue
-        parts = {key: module}
-        for half in ("encoder", "decoder"):
-            if isinstance(getattr(module, half, None), torch.nn.Module):
-                parts[f"{key}.{half}"] = getattr(module, half)
-        for name, part in parts.items():
-            def count(*_: Any, name: str = name) -> None:
-                counts[name] = counts.get(name, 0) + 1
-            handles.append(part.register_forward_hook(count))
-    try:
-        fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return counts
 
 
 def cases(root: Path, size: int) -> list[tuple[str, Any, dict[str, Any], dict[str, Any]]]:

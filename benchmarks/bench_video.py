@@ -25,34 +25,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import HERE, PROMPT, machine, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
+from harness import HERE, PROMPT, machine, network_calls, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
 
 HEADING = "## Video"
 
 
 def model_calls(pipe: Any, fn: Callable[[], Any]) -> dict[str, int]:
     """How often ``fn`` runs each network of ``pipe`` (denoiser, VAE encoder and decoder, text encoder)."""
-    import torch
+    return network_calls([pipe], fn)
 
-    counts: dict[str, int] = {}
-    handles = []
-    for key, module in pipe.components.items():
-        if not isinstance(module, torch.nn.Module):
-            continue
-        parts = {key: module}
-        for half in ("encoder", "decoder"):
-            if isinstance(getattr(module, half, None), torch.nn.Module):
-                parts[f"{key}.{half}"] = getattr(module, half)
-        for name, part in parts.items():
-            def count(*_: Any, name: str = name) -> None:
-                counts[name] = counts.get(name, 0) + 1
-            handles.append(part.register_forward_hook(count))
-    try:
-        fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return counts
 
 
 def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:

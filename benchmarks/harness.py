@@ -100,6 +100,35 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
+def network_calls(pipes: list[Any], fn: Callable[[], Any], keys: Optional[tuple[str, ...]] = None) -> dict[str, int]:
+    """How often ``fn`` runs each network of ``pipes`` (denoiser, VAE encoder/decoder halves, text
+    encoders, ...): forward hooks on the components (only ``keys`` when given)."""
+    import torch
+
+    counts: dict[str, int] = {}
+    handles = []
+    for p in pipes:
+        if p is None:
+            continue
+        for key, module in p.components.items():
+            if not isinstance(module, torch.nn.Module) or (keys is not None and key not in keys):
+                continue
+            parts = {key: module}
+            for half in ("encoder", "decoder"):  # VAE encode and decode are separate calls
+                if isinstance(getattr(module, half, None), torch.nn.Module):
+                    parts[f"{key}.{half}"] = getattr(module, half)
+            for name, part in parts.items():
+                def count(*_: Any, name: str = name) -> None:
+                    counts[name] = counts.get(name, 0) + 1
+                handles.append(part.register_forward_hook(count))
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
+
+
 def machine(threads: Optional[int] = None) -> str:
     """CPU, cores, threads, GPU, versions and load: what a timing table needs to be read."""
     import diffusers

@@ -33,6 +33,7 @@ from harness import (  # noqa: E402  # type: ignore[import-not-found]
     HERE,
     PROMPT,
     machine,
+    network_calls,
     plain_img2img,
     quartiles,
     quiet,
@@ -150,30 +151,8 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
 
 def model_calls(ed: Any, fn: Callable[[], Any]) -> dict[str, int]:
     """How often ``fn`` runs each network of the editor's pipelines (denoiser, VAE/MoVQ halves, text encoders)."""
-    import torch
+    return network_calls(ed.adapter.pipelines(), fn)  # the SDXL refiner is one of the parts
 
-    counts: dict[str, int] = {}
-    handles = []
-    for p in (*ed.adapter.pipelines(), ed.refiner):
-        if p is None:
-            continue
-        for key, module in p.components.items():
-            if not isinstance(module, torch.nn.Module):
-                continue
-            parts = {key: module}
-            for half in ("encoder", "decoder"):  # VAE encode and decode are separate calls
-                if isinstance(getattr(module, half, None), torch.nn.Module):
-                    parts[f"{key}.{half}"] = getattr(module, half)
-            for name, part in parts.items():
-                def count(*_: Any, name: str = name) -> None:
-                    counts[name] = counts.get(name, 0) + 1
-                handles.append(part.register_forward_hook(count))
-    try:
-        fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return counts
 
 
 def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
@@ -195,7 +174,7 @@ def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
                 spent[key] += time.perf_counter() - t0
         return wrapper
 
-    classes = {type(p) for p in (*ed.adapter.pipelines(), ed.refiner) if p is not None}
+    classes = {type(p) for p in ed.adapter.pipelines() if p is not None}
     saved = {cls: cls.__dict__.get("__call__") for cls in classes}
     # The own-noise family encodes the image itself: that VAE call is the model's work, not ours.
     from diffdiff.layouts import LatentCodec
