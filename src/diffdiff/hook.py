@@ -6,6 +6,8 @@ Two small hooks, no forked pipeline:
   schedulers, ``scale_noise`` for flow matching) for the duration of one pipeline call and records
   the clean latents and the noise the pipeline itself drew. The reference trajectory is then the
   pipeline's own: a full-change map reproduces plain img2img exactly, and the image is encoded once.
+  A scheduler kind with no noising method (TrigFlow) gets its formula passed in; whoever noises the
+  start then calls :meth:`NoiseCapture.noise` (diffdiff's own img2img, :mod:`diffdiff.ownnoise`).
 * :class:`DifferentialStep` is a ``callback_on_step_end``. After every *full* scheduler step it
   blends the latents with the original noised to the next step (:func:`diffdiff.core.blend`).
   Second-order schedulers (Heun, DPM2) call back after each half step; the intermediate state is
@@ -38,17 +40,25 @@ class Reference:
 
 
 class NoiseCapture:
-    """Context manager recording the first call of ``scheduler.<method>`` (the img2img noising)."""
+    """Context manager recording the first call of ``scheduler.<method>`` (the img2img noising).
 
-    def __init__(self, scheduler: Any, method: str = "add_noise") -> None:
+    ``formula`` (``add_noise``'s arguments: clean, noise, timesteps) replaces a scheduler method the
+    scheduler lacks; nothing is patched then, and the start is noised through :meth:`noise`.
+    """
+
+    def __init__(self, scheduler: Any, method: str = "add_noise",
+                 formula: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> None:
         self.scheduler = scheduler
         self.method = method
         self.reference: Optional[Reference] = None
-        self.original: Callable[..., torch.Tensor] = getattr(scheduler, method)
+        self.formula = formula
+        self.original: Callable[..., torch.Tensor] = formula or getattr(scheduler, method)
+        #: scale_noise(sample, timestep, noise); add_noise and formulas take (clean, noise, timesteps)
+        self._flow_order = formula is None and method == "scale_noise"
 
     def _wrapped(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.reference is None:
-            if self.method == "scale_noise":  # scale_noise(sample, timestep, noise)
+            if self._flow_order:  # scale_noise(sample, timestep, noise)
                 names = ("sample", "timestep", "noise")
             else:  # add_noise(original_samples, noise, timesteps)
                 names = ("original_samples", "noise", "timesteps")
@@ -59,18 +69,27 @@ class NoiseCapture:
             self.reference = Reference(clean=clean.detach().clone(), noise=noise.detach().clone())
         return self.original(*args, **kwargs)
 
+    def noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Noise ``clean`` to ``timesteps`` (one per image) and record the reference, as a pipeline call would."""
+        if self._flow_order:
+            return self._wrapped(clean, timesteps, noise)
+        return self._wrapped(clean, noise, timesteps)
+
     def noise_to(self, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The clean latents noised to ``timestep`` with the scheduler's own formula."""
         ts = timestep.reshape(1).repeat(clean.shape[0]).to(clean.device)
-        if self.method == "scale_noise":
+        if self._flow_order:
             return self.original(clean, ts, noise)
         return self.original(clean, noise, ts)
 
     def __enter__(self) -> NoiseCapture:
-        setattr(self.scheduler, self.method, self._wrapped)
+        if self.formula is None:
+            setattr(self.scheduler, self.method, self._wrapped)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.formula is not None:
+            return
         # Remove the instance attribute so the class method shows through again.
         try:
             delattr(self.scheduler, self.method)
@@ -99,7 +118,9 @@ class DifferentialStep:
     reference (clean latents and noise) and the noising formula. ``reference`` overrides the captured
     one (used by the SDXL refiner, which continues the base's trajectory without re-noising).
     ``start`` is the position of the run's first step in the scheduler's full-step schedule; the
-    first stage finds it by itself, later stages receive it.
+    first stage finds it by itself, later stages receive it. ``end_point``: the schedule's last
+    entry is the time the last step goes to (TrigFlow's 0), not a step; the blend after the last
+    step then noises the reference to it too (at 0: the clean latents themselves).
     """
 
     change: torch.Tensor
@@ -111,6 +132,7 @@ class DifferentialStep:
     trajectory: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None
     records: list[StepRecord] = field(default_factory=list)
     tensor_inputs: tuple[str, ...] = ("latents",)
+    end_point: bool = False
     _offset: Optional[int] = None
     _first_full: Optional[int] = None
     _completed: int = 0
@@ -125,7 +147,7 @@ class DifferentialStep:
         return self._total(len(scheduler.timesteps), int(getattr(scheduler, "order", 1)))
 
     def _total(self, n_timesteps: int, order: int) -> int:
-        n_full = (n_timesteps + order - 1) // order
+        n_full = (n_timesteps - int(self.end_point) + order - 1) // order
         assert self.start is not None
         return n_full - self.start
 
@@ -182,7 +204,7 @@ class DifferentialStep:
         self._completed += 1
         next_index = self._offset + i + 1  # type: ignore[operator]
         if next_index >= len(timesteps):
-            return latents  # no blend after the last step (as in the paper)
+            return latents  # no blend after the last step (as in the paper), unless the end time is listed
         ref = self.reference or self.capture.reference
         if ref is None:
             raise RuntimeError("the pipeline never noised the input image; cannot apply the change map")

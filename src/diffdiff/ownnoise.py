@@ -22,6 +22,15 @@ each model evaluation. :class:`ScheduleSeam` wraps those two methods for one pip
 
 The result: where a pipeline has an img2img sibling (SD, SD3, Flux, Qwen-Image, Chroma), our
 own noising reproduces the sibling's latents for the same seed.
+
+Noising formulas, one per scheduler kind (:func:`noise_method`, told from the scheduler's methods
+and config, never from a class name): the scheduler's own ``add_noise`` (DDPM family) or
+``scale_noise`` (flow matching), and ``trigflow`` for TrigFlow consistency models (Sana Sprint's
+``SCMScheduler``, ``prediction_type="trigflow"``), which have no noising method at all:
+``x_t = cos(t) x0 + sin(t) z`` with ``t`` in radians (pi/2 is pure noise), ``x0`` and ``z`` in
+units of ``sigma_data`` (:func:`loop_scale`), exactly as ``SanaSprintImg2ImgPipeline`` noises and
+``SCMScheduler.step`` re-noises. Its schedules list the end time 0 after the last step
+(:func:`ends_at_zero`), so the blend after the last step lands the kept pixels on ``x0`` itself.
 """
 
 from __future__ import annotations
@@ -34,37 +43,78 @@ from typing import Any, Optional
 import torch
 
 from .errors import DiffDiffError
-from .hook import DifferentialStep
+from .hook import DifferentialStep, NoiseCapture
 from .layouts import LatentCodec
 from .levels import executed_steps, flow_executed_steps
 from .pipeinfo import call_parameter_names
 
-#: Scheduler noising formulas we know how to call, by method name.
-NOISE_METHODS = ("add_noise", "scale_noise")
+#: Noising formulas we know, by kind: the scheduler's own methods, then TrigFlow's (no method).
+NOISE_METHODS = ("add_noise", "scale_noise", "trigflow")
+
+
+def is_trigflow(scheduler: Any) -> bool:
+    """A TrigFlow consistency-model scheduler (sCM: Sana Sprint's ``SCMScheduler``), from its config."""
+    config = getattr(scheduler, "config", None)
+    return getattr(config, "prediction_type", None) == "trigflow" and getattr(config, "sigma_data", None) is not None
 
 
 def noise_method(scheduler: Any) -> Optional[str]:
-    """``add_noise`` (DDPM family), ``scale_noise`` (flow matching) or None (neither: SCM, TCD-like)."""
+    """``add_noise`` (DDPM family), ``scale_noise`` (flow matching), ``trigflow`` (sCM), or None (unknown)."""
     for name in ("scale_noise", "add_noise"):
         if callable(getattr(scheduler, name, None)):
             return name
+    if is_trigflow(scheduler):
+        return "trigflow"
     return None
 
 
+def trigflow_noise(clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """TrigFlow noising ``cos(t) * clean + sin(t) * noise`` (``add_noise``'s argument order), ``t`` per image."""
+    t = torch.as_tensor(timesteps).to(device=clean.device, dtype=torch.float32)
+    t = t.reshape(-1, *([1] * (clean.ndim - 1)))
+    return torch.cos(t) * clean + torch.sin(t) * noise
+
+
+#: Noising formulas for scheduler kinds that have no method of their own (``add_noise`` argument order).
+FORMULAS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "trigflow": trigflow_noise,
+}
+
+
+def capture_for(scheduler: Any, method: str) -> NoiseCapture:
+    """The reference recorder for ``method``: it wraps the scheduler's method, or applies our formula."""
+    return NoiseCapture(scheduler, method, formula=FORMULAS.get(method))
+
+
+def loop_scale(scheduler: Any, method: str) -> float:
+    """What the pipeline's loop multiplies normalised latents and unit noise by (and the ``latents=`` it is
+    given): TrigFlow pipelines run in units of ``sigma_data``; every other kind in 1."""
+    return float(scheduler.config.sigma_data) if method == "trigflow" else 1.0
+
+
+def ends_at_zero(method: str) -> bool:
+    """Whether the kind's ``timesteps`` list the end time after the last step (TrigFlow: N + 1 entries)."""
+    return method == "trigflow"
+
+
 def planned_steps(method: str, num_inference_steps: int, strength: float) -> int:
-    """Steps a run executes: diffusers' img2img rule for the scheduler kind (:mod:`diffdiff.levels`)."""
-    if method == "scale_noise":
+    """Steps a run executes: diffusers' img2img rule for the scheduler kind (:mod:`diffdiff.levels`).
+
+    TrigFlow's img2img sibling (``SanaSprintImg2ImgPipeline``) truncates as flow matching does."""
+    if method in ("scale_noise", "trigflow"):
         return flow_executed_steps(num_inference_steps, strength)
     return executed_steps(num_inference_steps, strength)
 
 
-def truncate_schedule(scheduler: Any, skip_full_steps: int) -> None:
-    """Drop the first ``skip_full_steps`` full steps from ``timesteps`` (and ``sigmas``, kept aligned)."""
+def truncate_schedule(scheduler: Any, skip_full_steps: int, end_point: bool = False) -> None:
+    """Drop the first ``skip_full_steps`` full steps from ``timesteps`` (and ``sigmas``, kept aligned).
+
+    ``end_point``: the schedule's last entry is the end time, not a step (:func:`ends_at_zero`)."""
     order = int(getattr(scheduler, "order", 1))
     k = skip_full_steps * order
     times = scheduler.timesteps
     n = len(times)
-    if k >= n:
+    if k >= n - int(end_point):
         raise DiffDiffError("the strength leaves no denoising step: raise strength or steps")
     if k == 0:
         return
@@ -103,6 +153,10 @@ class ScheduleSeam:
     ``latents`` the tensor passed as the pipeline's ``latents=`` (in its layout; filled here).
     ``hook`` is the change-map blend; ``blend_in_step`` runs it from ``scheduler.step`` (what the
     own-noise family does; False leaves it to the pipeline's ``callback_on_step_end``).
+    ``capture`` (:func:`capture_for`) noises the start and records the reference; required for a
+    kind without a scheduler method (TrigFlow). ``scale`` is :func:`loop_scale`, ``end_point``
+    :func:`ends_at_zero`: the last step's blend then also replaces the step's ``x0`` prediction,
+    which such pipelines return (at t = 0 it equals the stepped sample).
     """
 
     pipe: Any
@@ -114,6 +168,9 @@ class ScheduleSeam:
     latents: torch.Tensor
     hook: Optional[DifferentialStep] = None
     blend_in_step: bool = False
+    capture: Optional[NoiseCapture] = None
+    scale: float = 1.0
+    end_point: bool = False
     #: filled in: the start latents on the grid, step calls made, set_timesteps calls seen
     start: Optional[torch.Tensor] = None
     steps_called: int = 0
@@ -130,16 +187,23 @@ class ScheduleSeam:
     def _set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
         out = self._originals["set_timesteps"](*args, **kwargs)
         self.schedules += 1
-        truncate_schedule(self.scheduler, self.skip_full_steps)
+        truncate_schedule(self.scheduler, self.skip_full_steps, self.end_point)
         first = self.scheduler.timesteps[:1].repeat(self.noise.shape[0])
-        noising = getattr(self.scheduler, self.method)
         clean = self.clean.expand_as(self.noise) if self.clean.shape[0] != self.noise.shape[0] else self.clean
-        if self.method == "scale_noise":
-            start = noising(clean, first, self.noise)
+        noise = self.noise
+        if self.scale != 1.0:  # the pipeline's units (TrigFlow: x0 and noise times sigma_data)
+            clean, noise = clean * self.scale, noise * self.scale
+        if self.capture is not None:
+            start = self.capture.noise(clean, noise, first)
+        elif self.method in FORMULAS:
+            raise DiffDiffError(f"{type(self.pipe).__name__}: a {self.method} start needs the run's noise capture")
+        elif self.method == "scale_noise":
+            start = self.scheduler.scale_noise(clean, first, noise)
         else:
-            start = noising(clean, self.noise, first)
+            start = self.scheduler.add_noise(clean, noise, first)
         self.start = start
-        packed = self.codec.layout.from_grid(start).to(self.latents.dtype)
+        given = start / self.scale if self.scale != 1.0 else start  # the pipeline multiplies latents= by it
+        packed = self.codec.layout.from_grid(given).to(self.latents.dtype)
         if packed.shape != self.latents.shape:
             raise DiffDiffError(f"{type(self.pipe).__name__}: start latents of shape {tuple(packed.shape)} do not fit "
                                 f"the latents it takes {tuple(self.latents.shape)}")
@@ -161,11 +225,18 @@ class ScheduleSeam:
             return out
         prev = out[0] if isinstance(out, tuple) else out.prev_sample
         sched = self.scheduler
-        mixed = self.hook.step(prev, index, bound.get("timestep"), sched.timesteps, int(getattr(sched, "order", 1)),
+        t = bound.get("timestep")
+        if isinstance(t, torch.Tensor) and t.numel() > 1:  # Sana Sprint steps with t.expand(batch)
+            t = t.flatten()[0]
+        mixed = self.hook.step(prev, index, t, sched.timesteps, int(getattr(sched, "order", 1)),
                                bool(getattr(sched, "state_in_first_order", True)))
+        # At the end time (t = 0) the stepped sample is the x0 prediction the pipeline returns.
+        last = self.end_point and self.steps_called == len(sched.timesteps) - 1
         if isinstance(out, tuple):
-            return (mixed, *out[1:])
+            return (mixed, mixed, *out[2:]) if last and len(out) > 1 else (mixed, *out[1:])
         out.prev_sample = mixed
+        if last and getattr(out, "pred_original_sample", None) is not None:
+            out.pred_original_sample = mixed
         return out
 
     def _check_start(self, sample: Any) -> None:

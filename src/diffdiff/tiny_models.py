@@ -313,3 +313,27 @@ def build_tiny_cogview4(path: str | Path, seed: int = 0) -> Path:
     CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=_flow_vae(seed), transformer=transformer,
                      scheduler=scheduler).save_pretrained(path)
     return path
+
+
+# --- Sana Sprint (issue 18, items 4 and 6) ------------------------------------------------------------
+
+def build_tiny_sana_sprint(path: str | Path, seed: int = 0) -> Path:
+    """Sana Sprint: Sana's pieces (DC-AE x32, Gemma 2) with a guidance-embedding DiT and ``SCMScheduler``.
+
+    A TrigFlow consistency model (1-4 steps). Transformer numbers from diffusers' own
+    ``tests/pipelines/sana/test_sana_sprint*.py`` (``qk_norm``, ``guidance_embeds``); the
+    autoencoder and text encoder are :func:`build_tiny_sana`'s.
+    """
+    from diffusers import SanaPipeline, SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
+
+    path = Path(path)
+    sana = SanaPipeline.from_pretrained(build_tiny_sana(path.parent / f".sana-{path.name}", seed=seed))
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=32, qk_norm="rms_norm_across_heads", guidance_embeds=True,
+    ).eval()
+    SanaSprintPipeline(tokenizer=sana.tokenizer, text_encoder=sana.text_encoder, vae=sana.vae,
+                       transformer=transformer, scheduler=SCMScheduler()).save_pretrained(path)
+    return path

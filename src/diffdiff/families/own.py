@@ -4,7 +4,8 @@ The family is recognised from the pipeline's components, not its class name, so 
 pipeline released next month is driven without a release of ours:
 
 * an autoencoder (``vae`` or ``movq``) to encode the image, a scheduler with ``add_noise`` or
-  ``scale_noise``, and a ``__call__`` taking ``latents=``: text-to-image pipelines (PixArt, Sana,
+  ``scale_noise`` or a TrigFlow config (Sana Sprint's ``SCMScheduler``: our formula,
+  :mod:`diffdiff.ownnoise`), and a ``__call__`` taking ``latents=``: text-to-image pipelines (PixArt, Sana,
   Lumina2, CogView4, HunyuanDiT, Kandinsky 3...), or img2img pipelines through their
   text-to-image form (Qwen-Image, Chroma, Kandinsky 3 img2img) when diffusers' own img2img would
   not do (packed latents, an autoencoder not called ``vae``);
@@ -13,6 +14,12 @@ pipeline released next month is driven without a release of ours:
 * the latent layout (plain grid, 2x2-packed tokens, a VAE frame axis) and the latent
   normalisation come from :mod:`diffdiff.layouts`; the noising and the blend from
   :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`.
+
+TrigFlow consistency models run 1-4 steps, so they count as few-step models: the map is rounded
+to the nearest of the N + 1 behaviours (:func:`diffdiff.levels.round_to_levels`), and the
+blend after the last step puts kept pixels on the clean latents (their schedule ends at t = 0).
+``SanaSprintImg2ImgPipeline`` noises inline (nothing to capture), so it runs through its
+text-to-image form, which reproduces it.
 
 Img2img pipelines on a plain grid that the generic family drives exactly with their own noising
 (PAG, Kolors, LCM, Z-Image) stay with it. What detection cannot know (a pipeline that rescales its
@@ -26,9 +33,18 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from ..errors import UnsupportedModelError
-from ..hook import NoiseCapture
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
-from ..ownnoise import ScheduleSeam, blends_in_callback, draw_start, noise_method, planned_steps, size_kwargs
+from ..ownnoise import (
+    ScheduleSeam,
+    blends_in_callback,
+    capture_for,
+    draw_start,
+    ends_at_zero,
+    loop_scale,
+    noise_method,
+    planned_steps,
+    size_kwargs,
+)
 from ..pipeinfo import accepted_kwargs, call_parameter_names
 from ..request import EditRequest
 from .base import Adapter, Job, RunInfo, run_stage
@@ -86,8 +102,8 @@ def obstacle(pipe: Any) -> Optional[str]:
     if scheduler is None or not callable(getattr(scheduler, "set_timesteps", None)):
         return "it has no scheduler with set_timesteps"
     if noise_method(scheduler) is None:
-        return (f"its scheduler {type(scheduler).__name__} has neither add_noise nor scale_noise, "
-                "so the image cannot be noised to a start step")
+        return (f"its scheduler {type(scheduler).__name__} has neither add_noise nor scale_noise nor a "
+                "TrigFlow config, so the image cannot be noised to a start step")
     if latents_form(pipe) is None:
         return "its __call__ takes no latents= (nor does a text-to-image form of it)"
     return None
@@ -141,6 +157,10 @@ class OwnNoiseAdapter(Adapter):
     def planned_steps(self, num_inference_steps: int, strength: float) -> int:
         return planned_steps(self.noise_method, num_inference_steps, strength)
 
+    def is_few_step(self, model_name: Optional[str] = None) -> bool:
+        """A consistency model (TrigFlow) is few-step by construction; else the name/scheduler rule."""
+        return self.noise_method == "trigflow" or super().is_few_step(model_name)
+
     def call_kwargs(self, image: Any, request: EditRequest, generator: torch.Generator,
                     size: tuple[int, int]) -> dict[str, Any]:
         kw: dict[str, Any] = dict(prompt=request.prompt, num_inference_steps=request.num_inference_steps,
@@ -152,6 +172,8 @@ class OwnNoiseAdapter(Adapter):
             kw["guidance_scale"] = request.guidance_scale
         if self.reference_image:
             kw["image"] = image
+        if request.num_inference_steps != 2:
+            kw["intermediate_timesteps"] = None  # SCM's intermediate time is for 2-step schedules only
         return self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
@@ -165,11 +187,13 @@ class OwnNoiseAdapter(Adapter):
             clean, noise = draw_start(self.codec, work.image, request.num_images, work.generator, device, dtype)
         planned = self.planned_steps(request.num_inference_steps, request.strength)
         latents = torch.zeros_like(self.codec.layout.from_grid(noise))
+        capture = capture_for(pipe.scheduler, self.noise_method)  # records the seam's own noising
+        end_point = ends_at_zero(self.noise_method)
         seam = ScheduleSeam(pipe=pipe, codec=self.codec, method=self.noise_method,
                             skip_full_steps=request.num_inference_steps - planned, clean=clean, noise=noise,
-                            latents=latents)
-        capture = NoiseCapture(pipe.scheduler, self.noise_method)  # records the seam's own noising
-        hook = self.hook_for(work, capture, job)
+                            latents=latents, capture=capture, scale=loop_scale(pipe.scheduler, self.noise_method),
+                            end_point=end_point)
+        hook = self.hook_for(work, capture, job, end_point=end_point)
         seam.hook = hook
         seam.blend_in_step = not (self.use_callback and blends_in_callback(pipe))
         skip = self.skip_for(pipe, hook, planned, job, work.grid_width, work.width)
