@@ -294,16 +294,6 @@ def _one_line_refusal(pipe: Any) -> str:
     return message
 
 
-def test_sana_sprint_scm_scheduler_is_refused_in_one_line(editors: dict[str, Editor]) -> None:
-    import diffusers
-
-    sana = editors["sana"].pipe
-    sprint = diffusers.SanaSprintPipeline(tokenizer=sana.tokenizer, text_encoder=sana.text_encoder, vae=sana.vae,
-                                          transformer=sana.transformer, scheduler=diffusers.SCMScheduler())
-    message = _one_line_refusal(sprint)
-    assert "SCMScheduler has neither add_noise nor scale_noise" in message
-
-
 def test_pipeline_without_autoencoder_is_refused_in_one_line() -> None:
     import diffusers
 
