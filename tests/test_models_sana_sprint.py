@@ -223,3 +223,15 @@ def test_cli_edits_a_sana_sprint_folder(built: Path, tmp_path: Path) -> None:
     meta = read_metadata(out)
     assert (meta["family"], meta["scheduler"]) == ("own-noise", "SCMScheduler")
     np.testing.assert_array_equal(np.asarray(Image.open(out))[:, :32], np.asarray(Image.open(img))[:, :32])
+
+
+def test_bfloat16_transformer_still_equals_the_img2img(built: Path) -> None:
+    # The real checkpoints run the transformer in bfloat16; Sana Sprint's loop stays in float32, so
+    # the start is drawn in float32 (in the transformer's dtype it would be other noise).
+    import diffusers
+
+    pipe = diffusers.SanaSprintPipeline.from_pretrained(built)
+    pipe.transformer.to(torch.bfloat16)
+    ed = Editor(pipe, progress=False)
+    ours = _latents(ed, ONE, strength=1.0, steps=2, num_images=2)
+    assert torch.equal(ours, _sibling_latents(ed, 1.0, 2, num_images=2))

@@ -92,6 +92,12 @@ def loop_scale(scheduler: Any, method: str) -> float:
     return float(scheduler.config.sigma_data) if method == "trigflow" else 1.0
 
 
+def loop_dtype(method: str, denoiser_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the start latents and noise are drawn in: the denoiser's, except TrigFlow pipelines,
+    whose loop runs in float32 whatever the transformer's dtype (Sana Sprint's ``prepare_latents``)."""
+    return torch.float32 if method == "trigflow" else denoiser_dtype
+
+
 def ends_at_zero(method: str) -> bool:
     """Whether the kind's ``timesteps`` list the end time after the last step (TrigFlow: N + 1 entries)."""
     return method == "trigflow"

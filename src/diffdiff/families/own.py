@@ -40,6 +40,7 @@ from ..ownnoise import (
     capture_for,
     draw_start,
     ends_at_zero,
+    loop_dtype,
     loop_scale,
     noise_method,
     planned_steps,
@@ -182,7 +183,8 @@ class OwnNoiseAdapter(Adapter):
         pipe = self.pipe
         device = pipe._execution_device
         _, denoiser = component(pipe, DENOISER_NAMES)
-        dtype = getattr(denoiser, "dtype", None) or getattr(self.codec.vae, "dtype", torch.float32)
+        dtype = loop_dtype(self.noise_method,
+                           getattr(denoiser, "dtype", None) or getattr(self.codec.vae, "dtype", torch.float32))
         with torch.inference_mode():
             clean, noise = draw_start(self.codec, work.image, request.num_images, work.generator, device, dtype)
         planned = self.planned_steps(request.num_inference_steps, request.strength)
