@@ -211,6 +211,7 @@ def test_scheduler_without_a_known_noising_is_refused_in_one_line(editor: Editor
     message = str(info.value)
     assert "\n" not in message and "SanaSprintPipeline" in message
     assert "NoNoising has neither add_noise nor scale_noise nor a TrigFlow config" in message
+    assert "add_noise/scale_noise/TrigFlow scheduler" in message  # what the own-noise family takes
 
 
 def test_cli_edits_a_sana_sprint_folder(built: Path, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def adapter_class(pipe: Any) -> type[Adapter]:
         f"{type(pipe).__name__} is not a supported model family ({obstacle(pipe)}); supported: "
         + ", ".join(supported_families())
         + " (any diffusers img2img pipeline whose step callback exposes 'latents', and any pipeline taking"
-        " latents= with a VAE and an add_noise/scale_noise scheduler)"
+        " latents= with a VAE and an add_noise/scale_noise/TrigFlow scheduler)"
     )
 
 
