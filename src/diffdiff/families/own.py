@@ -12,7 +12,10 @@ pipeline released next month is driven without a release of ours:
   as their reference too, so black pixels keep, white ones follow the instruction, grey between;
 * the latent layout (plain grid, 2x2-packed tokens, a VAE frame axis) and the latent
   normalisation come from :mod:`diffdiff.layouts`; the noising and the blend from
-  :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`.
+  :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`;
+* a pipeline that generates at a size of its own choosing (HiDream: one fixed area whatever
+  height/width it is given) is run again at the size it names (:class:`~diffdiff.ownnoise.ChosenSize`),
+  remembered per requested size; the editor resizes the result back and pastes the kept pixels.
 
 Img2img pipelines on a plain grid that the generic family drives exactly with their own noising
 (PAG, Kolors, LCM, Z-Image) stay with it. What detection cannot know (a pipeline that rescales its
@@ -25,14 +28,25 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import DiffDiffError, UnsupportedModelError
 from ..hook import NoiseCapture
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
-from ..ownnoise import ScheduleSeam, blends_in_callback, draw_start, noise_method, planned_steps, size_kwargs
+from ..ownnoise import (
+    ChosenSize,
+    ScheduleSeam,
+    blends_in_callback,
+    draw_start,
+    noise_method,
+    planned_steps,
+    size_kwargs,
+)
 from ..pipeinfo import accepted_kwargs, call_parameter_names
 from ..request import EditRequest
 from .base import Adapter, Job, RunInfo, run_stage
 from .generic import GenericAdapter
+
+#: Runs one edit may take to find the size a pipeline generates at (each one encodes the prompt).
+SIZE_ATTEMPTS = 3
 
 #: Where video pipelines go: the video families (``Editor.edit_video``, ``diffdiff edit-video``).
 VIDEO_POINTER = "video pipelines are edited with Editor.edit_video / 'diffdiff edit-video' by the video families"
@@ -113,6 +127,8 @@ class OwnNoiseAdapter(Adapter):
         self.noise_method = noise_method(form.scheduler)  # type: ignore[misc]
         #: instruction-edit pipelines: the input image is also the model's reference
         self.reference_image = "image" in call_parameter_names(form)
+        #: requested work size -> the size the pipeline generates at, where they differ (learned)
+        self.chosen_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
@@ -130,6 +146,10 @@ class OwnNoiseAdapter(Adapter):
 
     def latent_hw(self, width: int, height: int) -> tuple[int, int]:
         return self.codec.latent_hw(width, height)
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        size = super().work_size(width, height)
+        return self.chosen_sizes.get(size, size)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         return self.codec.layout.to_grid(latents, *self.latent_hw(width, height))
@@ -155,6 +175,22 @@ class OwnNoiseAdapter(Adapter):
         return self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
+        asked = super().work_size(*job.source.size)
+        sizes = [self.work_size(*job.source.size)]
+        for _ in range(SIZE_ATTEMPTS):
+            try:
+                return self._run_once(job)
+            except ChosenSize as chosen:
+                if chosen.size in sizes:  # no size it keeps: give up in one line
+                    break
+                sizes.append(chosen.size)
+                self.chosen_sizes[asked] = chosen.size
+        self.chosen_sizes.pop(asked, None)
+        tried = ", ".join(f"{w}x{h}" for w, h in sizes)
+        raise DiffDiffError(f"{type(self.pipe).__name__} generates at a size of its own choosing and keeps none of "
+                            f"those it chose ({tried}); diffdiff cannot give it a work size")
+
+    def _run_once(self, job: Job) -> tuple[Any, RunInfo]:
         work = self.prepare(job)
         request = job.request
         pipe = self.pipe
@@ -167,7 +203,7 @@ class OwnNoiseAdapter(Adapter):
         latents = torch.zeros_like(self.codec.layout.from_grid(noise))
         seam = ScheduleSeam(pipe=pipe, codec=self.codec, method=self.noise_method,
                             skip_full_steps=request.num_inference_steps - planned, clean=clean, noise=noise,
-                            latents=latents)
+                            latents=latents, size=(work.width, work.height))
         capture = NoiseCapture(pipe.scheduler, self.noise_method)  # records the seam's own noising
         hook = self.hook_for(work, capture, job)
         seam.hook = hook
