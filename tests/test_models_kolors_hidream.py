@@ -86,6 +86,8 @@ def test_family_detected_halves_and_batch(name: str, built: dict[str, Path], edi
     assert not np.array_equal(np.asarray(out[0]), np.asarray(out[1]))
     assert ed.last_run.total_steps == STEPS and len(ed.last_run.records) == STEPS - 1
     assert ed.last_run.work_size == ((64, 64) if name == "kolors" else HIDREAM_SIZE)
+    if name == "hidream":  # its one area: (default_sample_size * vae_scale_factor)^2, 1024^2 with a x8 VAE
+        assert HIDREAM_SIZE == (ed.pipe.default_sample_size * ed.pipe.vae_scale_factor,) * 2
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -221,3 +223,16 @@ def test_hidream_whose_size_never_settles_is_refused_in_one_line(editors: dict[s
     assert "\n" not in message and "Drifting generates at a size of its own choosing" in message
     assert "64x64, 128x128, 136x136, 144x144" in message
     assert ed.adapter.chosen_sizes == {}  # type: ignore[attr-defined]  # nothing wrong is remembered
+
+
+def test_hidream_folder_without_its_llama_takes_the_one_passed_in(editors: dict[str, Editor], tmp_path: Path) -> None:
+    import diffusers
+
+    # As HiDream is distributed: the Llama 3.1 text encoder is loaded separately and handed to from_pretrained.
+    pipe = editors["hidream"].pipe
+    diffusers.HiDreamImagePipeline(**{**pipe.components, "text_encoder_4": None, "tokenizer_4": None}).save_pretrained(
+        tmp_path / "hidream-no-llama")
+    ed = Editor.from_pretrained(tmp_path / "hidream-no-llama", progress=False, tokenizer_4=pipe.tokenizer_4,
+                                text_encoder_4=pipe.text_encoder_4)
+    assert (type(ed.pipe).__name__, ed.family) == ("HiDreamImagePipeline", "own-noise")
+    assert ed.pipe.text_encoder_4 is pipe.text_encoder_4 and ed.pipe.tokenizer_4 is pipe.tokenizer_4
