@@ -378,8 +378,9 @@ def load_family(
             if not index.get("_class_name"):
                 raise
             # A real diffusers model with no img2img form (PixArt, Sana...): the own-noise family drives
-            # it when it takes latents=; otherwise adapter_class says which families are supported.
-            pipe = load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype)
+            # it when it takes latents=; otherwise adapter_class says which families are supported. The
+            # caller's components (HiDream's separately loaded Llama) go along.
+            pipe = load_as(diffusers.DiffusionPipeline, str(model), device, torch_dtype, **kw)
     cls = adapter_class(as_img2img(pipe))
     check_parts(cls, wanted)
     loaded: dict[str, Any] = {}

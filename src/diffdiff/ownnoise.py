@@ -20,6 +20,10 @@ each model evaluation. :class:`ScheduleSeam` wraps those two methods for one pip
   (CogView4 passes its callback the sigma). ``callback_on_step_end`` remains available
   (``blend_in_step=False``) and gives the same latents where the pipeline's callback is honest.
 
+* ``prepare_latents`` (given the work size): a pipeline that refuses our ``latents=`` because it
+  generates at a size of its own choosing (HiDream scales every request to one fixed area) raises
+  :class:`ChosenSize` naming that size, so the family runs again at it.
+
 The result: where a pipeline has an img2img sibling (SD, SD3, Flux, Qwen-Image, Chroma), our
 own noising reproduces the sibling's latents for the same seed.
 
@@ -36,6 +40,7 @@ units of ``sigma_data`` (:func:`loop_scale`), exactly as ``SanaSprintImg2ImgPipe
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -151,6 +156,16 @@ def _forward(fn: Callable[..., Any]) -> Callable[..., Any]:
 _STEP_NAMES = ("model_output", "timestep", "sample")
 
 
+class ChosenSize(DiffDiffError):
+    """The pipeline generates at ``size`` (width, height), not at the work size it was given."""
+
+    def __init__(self, pipe: Any, asked: tuple[int, int], size: tuple[int, int]) -> None:
+        super().__init__(f"{type(pipe).__name__} generates at {size[0]}x{size[1]} when asked for "
+                         f"{asked[0]}x{asked[1]} (it does not take the height/width it is given)")
+        self.asked = asked
+        self.size = size
+
+
 @dataclass
 class ScheduleSeam:
     """Context manager: own img2img noising and the change-map blend for ONE pipeline call.
@@ -177,6 +192,9 @@ class ScheduleSeam:
     capture: Optional[NoiseCapture] = None
     scale: float = 1.0
     end_point: bool = False
+    #: the work size (width, height) in pixels: a pipeline refusing ``latents`` for a size of its own
+    #: choosing raises :class:`ChosenSize` from its ``prepare_latents``
+    size: Optional[tuple[int, int]] = None
     #: filled in: the start latents on the grid, step calls made, set_timesteps calls seen
     start: Optional[torch.Tensor] = None
     steps_called: int = 0
@@ -245,6 +263,20 @@ class ScheduleSeam:
             out.pred_original_sample = mixed
         return out
 
+    def _prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
+        original = self._originals["prepare_latents"]
+        try:
+            return original(*args, **kwargs)
+        except ValueError as exc:  # diffusers' "Unexpected latents shape"
+            try:
+                bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                raise exc from None
+            size = (bound.get("width"), bound.get("height"))
+            if self.size is not None and all(isinstance(v, int) for v in size) and size != self.size:
+                raise ChosenSize(self.pipe, self.size, (int(size[0]), int(size[1]))) from exc  # type: ignore[arg-type]
+            raise
+
     def _check_start(self, sample: Any) -> None:
         if self.start is None:
             raise DiffDiffError(f"{type(self.pipe).__name__} never called scheduler.set_timesteps before its "
@@ -273,12 +305,16 @@ class ScheduleSeam:
             self._originals[name] = original
             # wraps(): pipelines inspect set_timesteps' signature for ``sigmas`` / ``timesteps``.
             setattr(sched, name, functools.wraps(original)(_forward(fn)))
+        prepare = getattr(self.pipe, "prepare_latents", None)
+        if self.size is not None and callable(prepare):
+            self._originals["prepare_latents"] = prepare
+            object.__setattr__(self.pipe, "prepare_latents", functools.wraps(prepare)(_forward(self._prepare_latents)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for name in self._originals:
             try:
-                delattr(self.scheduler, name)  # the class method shows through again
+                delattr(self.pipe if name == "prepare_latents" else self.scheduler, name)  # the class method shows again
             except AttributeError:
                 pass
         self._originals.clear()

@@ -337,3 +337,147 @@ def build_tiny_sana_sprint(path: str | Path, seed: int = 0) -> Path:
     SanaSprintPipeline(tokenizer=sana.tokenizer, text_encoder=sana.text_encoder, vae=sana.vae,
                        transformer=transformer, scheduler=SCMScheduler()).save_pretrained(path)
     return path
+
+
+# --- issue 18: Kolors and HiDream (branch s4-kolors) --------------------------------------------------
+# Kolors: ChatGLM3 text encoder (diffusers' own copy) with a sentencepiece tokenizer trained here from
+# a few lines of text, an SDXL-style UNet with Kolors' text projection. HiDream: two CLIPs, T5 and
+# a Llama (character-level fast tokenizer), a mixture-of-experts DiT, flow matching.
+
+_SP_LINES = ("".join(_CHARS), "a red cat", "a photo of a dog on the grass", "make it blue, please!",
+             "the quick brown fox jumps over the lazy dog 0123456789")
+
+
+def _chatglm_tokenizer(folder: Path):
+    """diffusers' ChatGLMTokenizer over a character sentencepiece model trained offline (no hub)."""
+    import io
+
+    import sentencepiece as spm
+    from diffusers.pipelines.kolors import ChatGLMTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_SP_LINES), model_writer=model, model_type="char",
+                                   vocab_size=len(_CHARS) + 3, hard_vocab_limit=False, character_coverage=1.0,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    tok = ChatGLMTokenizer(str(folder / "tokenizer.model"))
+    tok.save_pretrained(folder)
+    return tok
+
+
+def _tiny_chatglm(vocab_size: int, hidden: int, seed: int):
+    """A two-layer ChatGLM3 encoder. diffusers' class leaves weights uninitialised (``skip_init``, and
+    RMSNorm's ``torch.empty``): built with ordinary initialisation and unit norms, else NaN."""
+    from diffusers.pipelines.kolors import ChatGLMModel
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
+
+    config = ChatGLMConfig(num_layers=2, padded_vocab_size=vocab_size, hidden_size=hidden, ffn_hidden_size=2 * hidden,
+                           kv_channels=8, num_attention_heads=2, seq_length=256, multi_query_attention=True,
+                           multi_query_group_num=1, original_rope=True, torch_dtype="float32")
+    torch.manual_seed(seed)
+    model = ChatGLMModel(config, empty_init=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layernorm.weight"):
+                param.fill_(1.0)
+    return model.eval()
+
+
+def build_tiny_kolors(path: str | Path, seed: int = 0) -> Path:
+    """Kolors (text-to-image ``KolorsPipeline``): ChatGLM3, SDXL-style UNet (diffusers' test dimensions,
+    plus Kolors' ``text_proj`` from the encoder's width to the cross-attention width), Euler."""
+    from diffusers import EulerDiscreteScheduler, KolorsPipeline, UNet2DConditionModel
+
+    path = Path(path)
+    tok = _chatglm_tokenizer(path.parent / f".tok-{path.name}")
+    hidden = 16
+    text_encoder = _tiny_chatglm(tok.vocab_size, hidden, seed + 1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=hidden + 6 * 8, cross_attention_dim=8, norm_num_groups=1,
+        encoder_hid_dim=hidden, encoder_hid_dim_type="text_proj",
+    ).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading")
+    KolorsPipeline(vae=tiny_vae(seed), text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
+                   image_encoder=None, feature_extractor=None).save_pretrained(path)
+    return path
+
+
+def _char_llama_tokenizer(folder: Path):
+    """A character-level fast tokenizer with Llama 3's begin/end-of-text tokens (no hub files)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    vocab = {bos: 0, eos: 1, "<unk>": 2}
+    for ch in _CHARS:
+        vocab.setdefault(ch, len(vocab))
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    inner.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                         special_tokens=[(bos, vocab[bos])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, bos_token=bos, eos_token=eos, pad_token=eos,
+                                  unk_token="<unk>", model_max_length=128)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_tiny_hidream(path: str | Path, seed: int = 0) -> Path:
+    """HiDream-I1 (text-to-image only): MoE DiT, two CLIPs with projection, T5, Llama; diffusers' test sizes.
+
+    The pipeline always generates at ``(128 * vae_scale_factor)^2`` pixels (a 128 x 128 latent grid,
+    4096 tokens), whatever size it is asked for: a one-level VAE (x1, as diffusers' test, without its
+    mid-block attention over those 16384 cells) keeps that 128 x 128 px, and two heads keep it fast."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        HiDreamImagePipeline,
+        HiDreamImageTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    from .testing import _tokenizer, clip_vocab_size
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    torch.manual_seed(seed)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_channels=[32, 16], text_emb_dim=64, num_routed_experts=4,
+        num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(128, 128), llama_layers=(0, 1),
+    ).eval()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, layers_per_block=1, mid_block_add_attention=False,
+                        scaling_factor=0.3611, shift_factor=0.1159).eval()
+    clip_config = CLIPTextConfig(
+        vocab_size=clip_vocab_size(), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, projection_dim=32, hidden_act="gelu", bos_token_id=clip_vocab_size() - 2,
+        eos_token_id=clip_vocab_size() - 1, pad_token_id=clip_vocab_size() - 1,
+    )
+    clips = []
+    for i in range(2):
+        torch.manual_seed(seed + i)
+        clips.append(CLIPTextModelWithProjection(clip_config).eval())
+    t5_tok, t5 = _t5(tok_dir / "t5", d_model=32, seed=seed + 2)
+    llama_tok = _char_llama_tokenizer(tok_dir / "llama")
+    torch.manual_seed(seed + 3)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(llama_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1, attn_implementation="eager",
+    )).eval()
+    clip_tok = _tokenizer(tok_dir / "clip")
+    HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
+        text_encoder_2=clips[1], tokenizer_2=clip_tok, text_encoder_3=t5, tokenizer_3=t5_tok, text_encoder_4=llama,
+        tokenizer_4=llama_tok, transformer=transformer,
+    ).save_pretrained(path)
+    return path
+# --- end issue 18: Kolors and HiDream ----------------------------------------------------------------------

@@ -13,7 +13,10 @@ pipeline released next month is driven without a release of ours:
   as their reference too, so black pixels keep, white ones follow the instruction, grey between;
 * the latent layout (plain grid, 2x2-packed tokens, a VAE frame axis) and the latent
   normalisation come from :mod:`diffdiff.layouts`; the noising and the blend from
-  :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`.
+  :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`;
+* a pipeline that generates at a size of its own choosing (HiDream: one fixed area whatever
+  height/width it is given) is run again at the size it names (:class:`~diffdiff.ownnoise.ChosenSize`),
+  remembered per requested size; the editor resizes the result back and pastes the kept pixels.
 
 TrigFlow consistency models run 1-4 steps, so they count as few-step models: the map is rounded
 to the nearest of the N + 1 behaviours (:func:`diffdiff.levels.round_to_levels`), and the
@@ -32,9 +35,10 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import DiffDiffError, UnsupportedModelError
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
 from ..ownnoise import (
+    ChosenSize,
     ScheduleSeam,
     blends_in_callback,
     capture_for,
@@ -50,6 +54,9 @@ from ..pipeinfo import accepted_kwargs, call_parameter_names
 from ..request import EditRequest
 from .base import Adapter, Job, RunInfo, run_stage
 from .generic import GenericAdapter
+
+#: Runs one edit may take to find the size a pipeline generates at (each one encodes the prompt).
+SIZE_ATTEMPTS = 3
 
 #: Where video pipelines go: the video families (``Editor.edit_video``, ``diffdiff edit-video``).
 VIDEO_POINTER = "video pipelines are edited with Editor.edit_video / 'diffdiff edit-video' by the video families"
@@ -130,6 +137,8 @@ class OwnNoiseAdapter(Adapter):
         self.noise_method = noise_method(form.scheduler)  # type: ignore[misc]
         #: instruction-edit pipelines: the input image is also the model's reference
         self.reference_image = "image" in call_parameter_names(form)
+        #: requested work size -> the size the pipeline generates at, where they differ (learned)
+        self.chosen_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
@@ -147,6 +156,10 @@ class OwnNoiseAdapter(Adapter):
 
     def latent_hw(self, width: int, height: int) -> tuple[int, int]:
         return self.codec.latent_hw(width, height)
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        size = super().work_size(width, height)
+        return self.chosen_sizes.get(size, size)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         return self.codec.layout.to_grid(latents, *self.latent_hw(width, height))
@@ -178,6 +191,22 @@ class OwnNoiseAdapter(Adapter):
         return self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
+        asked = super().work_size(*job.source.size)
+        sizes = [self.work_size(*job.source.size)]
+        for _ in range(SIZE_ATTEMPTS):
+            try:
+                return self._run_once(job)
+            except ChosenSize as chosen:
+                if chosen.size in sizes:  # no size it keeps: give up in one line
+                    break
+                sizes.append(chosen.size)
+                self.chosen_sizes[asked] = chosen.size
+        self.chosen_sizes.pop(asked, None)
+        tried = ", ".join(f"{w}x{h}" for w, h in sizes)
+        raise DiffDiffError(f"{type(self.pipe).__name__} generates at a size of its own choosing and keeps none of "
+                            f"those it chose ({tried}); diffdiff cannot give it a work size")
+
+    def _run_once(self, job: Job) -> tuple[Any, RunInfo]:
         work = self.prepare(job)
         request = job.request
         pipe = self.pipe
@@ -194,7 +223,7 @@ class OwnNoiseAdapter(Adapter):
         seam = ScheduleSeam(pipe=pipe, codec=self.codec, method=self.noise_method,
                             skip_full_steps=request.num_inference_steps - planned, clean=clean, noise=noise,
                             latents=latents, capture=capture, scale=loop_scale(pipe.scheduler, self.noise_method),
-                            end_point=end_point)
+                            end_point=end_point, size=(work.width, work.height))
         hook = self.hook_for(work, capture, job, end_point=end_point)
         seam.hook = hook
         seam.blend_in_step = not (self.use_callback and blends_in_callback(pipe))
