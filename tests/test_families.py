@@ -422,3 +422,21 @@ def test_skip_frozen_on_every_family(name: str, request: pytest.FixtureRequest) 
     half = out.size[0] // 2
     np.testing.assert_array_equal(np.asarray(out)[:, :half], src[:, :half])
     assert np.abs(np.asarray(out)[:, half:].astype(int) - src[:, half:]).mean() > 5
+
+
+def test_subclass_of_a_family_pipeline_is_that_family(sd3_editor: Editor, flux_path: Path) -> None:
+    """A community fork subclassing a diffusers pipeline keeps its family (matched on the class lineage)."""
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
+
+    class ForkedSD3(StableDiffusion3Img2ImgPipeline):
+        pass
+
+    class ForkedFlux(FluxImg2ImgPipeline):
+        pass
+
+    fork = Editor(ForkedSD3(**sd3_editor.pipe.components), progress=False)
+    assert fork.family == "sd3"
+    ours = _full_change_latents(fork)
+    assert torch.equal(ours, _full_change_latents(sd3_editor))
+    flux = FluxImg2ImgPipeline.from_pretrained(flux_path)
+    assert Editor(ForkedFlux(**flux.components), progress=False).family == "flux"

@@ -5,7 +5,10 @@ Each family is a file in this package (``sd``, ``flow``, ``kandinsky``, ``deepfl
 video-to-video: ``wan``, ``cogvideox``, ``animatediff`` on the shared ``video`` base) holding an
 :class:`~diffdiff.families.base.Adapter` subclass. The registry tries
 the registered families in order and falls back to :class:`GenericAdapter`, which drives any
-img2img pipeline exposing ``latents`` to its step callback. :func:`register_adapter` adds a
+img2img pipeline exposing ``latents`` to its step callback. Named families match a pipeline's
+class or any class it derives from (:func:`~.base.lineage`) and add what components cannot
+tell (SDXL's refiner, Kandinsky's prior, IF's stages, text maps); everything else is detected
+from its components (``generic``, ``own``). :func:`register_adapter` adds a
 family diffdiff does not ship (place it first so it wins over the generic fallback).
 """
 

@@ -147,6 +147,16 @@ def _legacy_callback(pipe: Any, hook: DifferentialStep) -> Callable[[int, Any, t
     return callback
 
 
+def lineage(pipe: Any) -> set[str]:
+    """The names of ``pipe``'s class and every class it derives from.
+
+    A named family also drives subclasses of its pipelines (a community fork that overrides one
+    method of ``StableDiffusionImg2ImgPipeline`` is still SD); pipelines of no named family are
+    detected from their components (generic, own-noise).
+    """
+    return {c.__name__ for c in type(pipe).__mro__}
+
+
 class Adapter:
     """Base adapter: a UNet/DiT img2img pipeline with VAE latents on a plain grid, run in one call."""
 
@@ -176,7 +186,7 @@ class Adapter:
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
-        return type(pipe).__name__ in cls.pipeline_classes
+        return bool(lineage(pipe) & set(cls.pipeline_classes))
 
     @classmethod
     def default_part(cls, name: str, pipe: Any) -> Optional[str]:
