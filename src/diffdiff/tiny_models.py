@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
 
 from .testing import _CHARS, _flow_vae, _t5_parts, build_tiny_flux, tiny_vae
 
@@ -313,3 +315,96 @@ def build_tiny_cogview4(path: str | Path, seed: int = 0) -> Path:
     CogView4Pipeline(tokenizer=tok, text_encoder=text_encoder, vae=_flow_vae(seed), transformer=transformer,
                      scheduler=scheduler).save_pretrained(path)
     return path
+
+
+# --- Qwen-Image-Edit / Edit-Plus (instruction edit; issue 18 item 5) ---------------------------------
+#: Qwen2.5-VL's vision markers, as tokens of the byte-level tokenizer (the processor looks them up).
+_QWEN_VL_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                     "<|video_pad|>")
+#: The tiny processor's pixel budget: the pipelines hand it a ~1 MP (Edit) or 384x384 (Edit-Plus)
+#: condition image; this caps the vision tower at 4x4 patches of 14 px (2x2 tokens after merging).
+_QWEN_VL_MAX_PIXELS = 56 * 56
+
+
+class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
+    """Qwen2VLProcessor without its video half, for the tiny Qwen-Image-Edit pipelines.
+
+    transformers 5.24 cannot build a Qwen2VLProcessor without torchvision: its constructor checks the
+    video processor's class, which only exists with torchvision (not installed here). The edit
+    pipelines call the processor with text and images only; this subclass keeps Qwen2VLProcessor's
+    call (one ``<|image_pad|>`` per merged vision patch, ``pixel_values``, ``image_grid_thw``) and
+    saves and loads as an image processor plus a tokenizer. A real Qwen-Image-Edit folder keeps
+    diffusers' Qwen2VLProcessor (with torchvision installed, as the real model needs).
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                 **kwargs: Any) -> None:
+        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
+        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
+    """Qwen-Image's tiny transformer and VAE, a Qwen2.5-VL with a vision tower, and a Qwen2VLProcessor."""
+    import diffusers
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+    )
+
+    tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", _QWEN_VL_SPECIALS)
+    ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in
+           ("vision_start", "vision_end", "image_pad", "video_pad")}
+    processor = Qwen2VLImageProcessorOnly(
+        image_processor=Qwen2VLImageProcessor(min_pixels=_QWEN_VL_MAX_PIXELS, max_pixels=_QWEN_VL_MAX_PIXELS,
+                                              patch_size=14, temporal_patch_size=2, merge_size=2),
+        tokenizer=tok,
+    )
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    ).eval()
+    torch.manual_seed(seed)
+    z_dim = 4
+    # four levels (x8, the real geometry): the pipelines encode their reference at ~1 MP whatever the
+    # output size, and three levels would put 128x128 packed tokens before the transformer
+    vae = AutoencoderKLQwenImage(
+        base_dim=z_dim * 2, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.05, 0.0],
+        latents_std=[1.5, 0.8, 1.2, 1.0],
+    ).eval()
+    vocab = len(tok)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": vocab,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "fullatt_block_indexes": [0]},
+        hidden_size=16, vocab_size=vocab, vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"], vision_token_id=ids["image_pad"], image_token_id=ids["image_pad"],
+        video_token_id=ids["video_pad"], bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    getattr(diffusers, pipeline_class)(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                                       text_encoder=text_encoder, tokenizer=tok,
+                                       processor=processor).save_pretrained(path)
+    return path
+
+
+def build_tiny_qwen_image_edit(path: str | Path, seed: int = 0) -> Path:
+    """Qwen-Image-Edit: Qwen-Image's MMDiT with the edited image's latents as extra tokens, and the
+    image seen by the Qwen2.5-VL text encoder's vision tower too (no ``strength``)."""
+    return _tiny_qwen_image_edit(Path(path), "QwenImageEditPipeline", seed)
+
+
+def build_tiny_qwen_image_edit_plus(path: str | Path, seed: int = 0) -> Path:
+    """Qwen-Image-Edit-Plus (2509): as Qwen-Image-Edit, taking a list of reference images."""
+    return _tiny_qwen_image_edit(Path(path), "QwenImageEditPlusPipeline", seed)

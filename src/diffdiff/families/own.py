@@ -8,8 +8,10 @@ pipeline released next month is driven without a release of ours:
   Lumina2, CogView4, HunyuanDiT, Kandinsky 3...), or img2img pipelines through their
   text-to-image form (Qwen-Image, Chroma, Kandinsky 3 img2img) when diffusers' own img2img would
   not do (packed latents, an autoencoder not called ``vae``);
-* instruction-edit pipelines (``image`` but no ``strength``: Flux Kontext) get the input image
-  as their reference too, so black pixels keep, white ones follow the instruction, grey between;
+* instruction-edit pipelines (``image`` but no ``strength``: Flux Kontext, Qwen-Image-Edit and
+  Edit-Plus) get the input image as their reference too, so black pixels keep, white ones follow
+  the instruction, grey between. Extra reference images (Edit-Plus takes a list) go in
+  ``pipeline_kwargs["image"]``: they are handed on after the input, which stays the first;
 * the latent layout (plain grid, 2x2-packed tokens, a VAE frame axis) and the latent
   normalisation come from :mod:`diffdiff.layouts`; the noising and the blend from
   :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`.
@@ -25,7 +27,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import DiffDiffError, UnsupportedModelError
 from ..hook import NoiseCapture
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
 from ..ownnoise import ScheduleSeam, blends_in_callback, draw_start, noise_method, planned_steps, size_kwargs
@@ -73,6 +75,15 @@ def _text_to_image_form(pipe: Any) -> Optional[Any]:
         return cls(**pipe.components)
     except Exception:  # different components
         return None
+
+
+def reference_images(image: Any, extra: Any) -> list[Any]:
+    """An instruction-edit pipeline's ``image`` argument: the edited input (at the work size) first,
+    then the user's extra references (``pipeline_kwargs["image"]``: one image or a list)."""
+    extras = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    if any(e is None for e in extras):
+        raise DiffDiffError("pipeline_kwargs['image'] holds extra reference images; None is not an image")
+    return [image, *extras]
 
 
 def obstacle(pipe: Any) -> Optional[str]:
@@ -152,7 +163,10 @@ class OwnNoiseAdapter(Adapter):
             kw["guidance_scale"] = request.guidance_scale
         if self.reference_image:
             kw["image"] = image
-        return self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
+        kw = self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
+        if self.reference_image and "image" in request.pipeline_kwargs:
+            kw["image"] = reference_images(image, request.pipeline_kwargs["image"])
+        return kw
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
         work = self.prepare(job)
