@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Qwen2VLProcessor
-from transformers.processing_utils import ProcessorMixin
 
+from .processors import image_only, video_processors_available
 from .testing import _CHARS, _flow_vae, _t5_parts, build_tiny_flux, tiny_vae
 
 
@@ -326,26 +325,6 @@ _QWEN_VL_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision
 _QWEN_VL_MAX_PIXELS = 56 * 56
 
 
-class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
-    """Qwen2VLProcessor without its video half, for the tiny Qwen-Image-Edit pipelines.
-
-    transformers 5.24 cannot build a Qwen2VLProcessor without torchvision: its constructor checks the
-    video processor's class, which only exists with torchvision (not installed here). The edit
-    pipelines call the processor with text and images only; this subclass keeps Qwen2VLProcessor's
-    call (one ``<|image_pad|>`` per merged vision patch, ``pixel_values``, ``image_grid_thw``) and
-    saves and loads as an image processor plus a tokenizer. A real Qwen-Image-Edit folder keeps
-    diffusers' Qwen2VLProcessor (with torchvision installed, as the real model needs).
-    """
-
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
-                 **kwargs: Any) -> None:
-        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
-        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-
 def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
     """Qwen-Image's tiny transformer and VAE, a Qwen2.5-VL with a vision tower, and a Qwen2VLProcessor."""
     import diffusers
@@ -354,16 +333,23 @@ def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
     )
 
     tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", _QWEN_VL_SPECIALS)
     ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in
            ("vision_start", "vision_end", "image_pad", "video_pad")}
-    processor = Qwen2VLImageProcessorOnly(
-        image_processor=Qwen2VLImageProcessor(min_pixels=_QWEN_VL_MAX_PIXELS, max_pixels=_QWEN_VL_MAX_PIXELS,
-                                              patch_size=14, temporal_patch_size=2, merge_size=2),
-        tokenizer=tok,
-    )
+    image_processor = Qwen2VLImageProcessor(min_pixels=_QWEN_VL_MAX_PIXELS, max_pixels=_QWEN_VL_MAX_PIXELS,
+                                            patch_size=14, temporal_patch_size=2, merge_size=2)
+    if video_processors_available():  # (not installed on the test machines)
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                     video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2,
+                                                                           merge_size=2))
+    else:  # transformers cannot build the video half without torchvision: saved as a real folder's
+        # Qwen2VLProcessor all the same, which diffdiff.loading reads back image-only too
+        processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok)
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -396,6 +382,9 @@ def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
     getattr(diffusers, pipeline_class)(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
                                        text_encoder=text_encoder, tokenizer=tok,
                                        processor=processor).save_pretrained(path)
+    index = json.loads((path / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]  # not diffdiff's subclass: a real folder's entry
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
 
 
