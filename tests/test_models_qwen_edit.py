@@ -90,6 +90,7 @@ class ResizeSpy:
     def __init__(self, processor: Any) -> None:
         self.resize = processor.resize
         self.seen: list[Any] = []
+        self.areas: list[int] = []  # of what it returned
         self._made: set[int] = set()
 
     def __call__(self, image: Any, *args: Any, **kwargs: Any) -> Any:
@@ -97,6 +98,7 @@ class ResizeSpy:
             self.seen.append(image)
         out = self.resize(image, *args, **kwargs)
         self._made.add(id(out))
+        self.areas.append(out.width * out.height if isinstance(out, Image.Image) else 0)
         return out
 
 
@@ -126,6 +128,7 @@ def test_family_detected_halves_batch_and_reference(name: str, editors: dict[str
     work = ed.last_run.work_size
     assert work != img.size and work[0] % 16 == 0 and work[1] % 16 == 0
     assert len(spy.seen) == 1 and spy.seen[0].size == work
+    assert abs(max(spy.areas) / 1024**2 - 1) < 0.05  # which the pipeline encodes at ~1 MP, whatever the output size
     np.testing.assert_array_equal(np.asarray(spy.seen[0]), np.asarray(img.resize(work, Image.Resampling.LANCZOS)))
 
 
@@ -179,6 +182,12 @@ def test_extra_references_follow_the_input(editors: dict[str, Editor], monkeypat
     d_half = (with_extra[..., :4] - clean[..., :4]).abs().mean()
     d_full = (runs["edit_plus", "full"][0][..., :4] - clean[..., :4]).abs().mean()
     assert d_half < 0.6 * d_full  # and its black half kept
+
+
+def test_one_reference_pipeline_refuses_extra_references(editors: dict[str, Editor]) -> None:
+    # Qwen-Image-Edit's prompt has one image slot: the pipeline itself refuses a list, before denoising.
+    with pytest.raises(ValueError, match="<\\|image_pad\\|> tokens"):
+        _latents(editors["edit"], HALF, pipeline_kwargs={"image": [sample_image(64, 64, seed=9)]})
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
