@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from diffdiff import Editor, ModelLoadError, read_metadata
 from diffdiff.cli import app
+from diffdiff.families.own import reference_images
 from diffdiff.processors import image_only, substitutes, video_processors_available
 from diffdiff.testing import sample_image
 from diffdiff.tiny_models import build_tiny_qwen_image_edit, build_tiny_qwen_image_edit_plus
@@ -182,6 +183,13 @@ def test_extra_references_follow_the_input(editors: dict[str, Editor], monkeypat
     d_half = (with_extra[..., :4] - clean[..., :4]).abs().mean()
     d_full = (runs["edit_plus", "full"][0][..., :4] - clean[..., :4]).abs().mean()
     assert d_half < 0.6 * d_full  # and its black half kept
+
+
+def test_reference_images_put_the_input_first() -> None:
+    a, b, c = (sample_image(8, 8, seed=i) for i in range(3))
+    assert reference_images(a, None) is a
+    assert reference_images(a, b) == [a, b]
+    assert reference_images(a, (b, c)) == [a, b, c]
 
 
 def test_one_reference_pipeline_refuses_extra_references(editors: dict[str, Editor]) -> None:

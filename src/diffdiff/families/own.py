@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from ..errors import DiffDiffError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..hook import NoiseCapture
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
 from ..ownnoise import ScheduleSeam, blends_in_callback, draw_start, noise_method, planned_steps, size_kwargs
@@ -77,13 +77,12 @@ def _text_to_image_form(pipe: Any) -> Optional[Any]:
         return None
 
 
-def reference_images(image: Any, extra: Any) -> list[Any]:
+def reference_images(image: Any, extra: Any) -> Any:
     """An instruction-edit pipeline's ``image`` argument: the edited input (at the work size) first,
-    then the user's extra references (``pipeline_kwargs["image"]``: one image or a list)."""
-    extras = list(extra) if isinstance(extra, (list, tuple)) else [extra]
-    if any(e is None for e in extras):
-        raise DiffDiffError("pipeline_kwargs['image'] holds extra reference images; None is not an image")
-    return [image, *extras]
+    then the user's extra references (``pipeline_kwargs["image"]``: one image, a list, or None)."""
+    if extra is None:
+        return image
+    return [image, *(extra if isinstance(extra, (list, tuple)) else [extra])]
 
 
 def obstacle(pipe: Any) -> Optional[str]:
