@@ -22,6 +22,7 @@ from .errors import ModelLoadError
 from .families import adapter_class, check_parts, load_as_class
 from .micro import MICRO_NAME, model_path
 from .pipeinfo import as_img2img
+from .processors import substitutes
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -354,6 +355,15 @@ def load_as(cls: Any, model: str, device: Optional[str], torch_dtype: Any, **kw:
     return pipe.to(device)
 
 
+def _substitutes(index: dict[str, Any], model: str) -> dict[str, Any]:
+    """:func:`diffdiff.processors.substitutes`, its failures as one line."""
+    try:
+        return substitutes(index, model)
+    except Exception as exc:  # a broken or missing processor folder
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"could not load the processor of '{model}': {first}") from exc
+
+
 def load_family(
     model: str,
     parts: Optional[dict[str, Optional[str]]] = None,
@@ -368,6 +378,8 @@ def load_family(
     """
     wanted = {k: v for k, v in (parts or {}).items() if v is not None}
     index = model_index(str(model)) or {}
+    subs = _substitutes(index, str(model))  # processors transformers cannot build here (no torchvision)
+    kw = {**subs, **kw}
     direct = load_as_class(index.get("_class_name"))
     if direct is not None:
         pipe = load_as(getattr(diffusers, direct), str(model), device, torch_dtype, **kw)

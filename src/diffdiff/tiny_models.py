@@ -5,7 +5,9 @@ configs in code (hidden sizes 8-32, one or two layers), tokenizers written by ha
 ship offline, ``save_pretrained`` so callers load them back through the real ``from_pretrained``.
 Builders: PixArt-Sigma, Sana (DC-AE, x32), Lumina2, HunyuanDiT, CogView4 (text-to-image only),
 Chroma, Flux Kontext (instruction edit, Flux's components), Kandinsky 3 (``movq`` autoencoder),
-Qwen-Image (2x2 packing on a 5-D video-style VAE) and Z-Image (an img2img pipeline).
+Qwen-Image (2x2 packing on a 5-D video-style VAE), Z-Image (an img2img pipeline), Sana Sprint
+(TrigFlow ``SCMScheduler``), Kolors (ChatGLM, sentencepiece trained offline), HiDream (four text
+encoders, a size of its own choosing) and Qwen-Image-Edit / Edit-Plus (a Qwen2.5-VL with a vision tower).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .processors import image_only, video_processors_available
 from .testing import _CHARS, _flow_vae, _t5_parts, build_tiny_flux, tiny_vae
 
 
@@ -481,3 +484,86 @@ def build_tiny_hidream(path: str | Path, seed: int = 0) -> Path:
     ).save_pretrained(path)
     return path
 # --- end issue 18: Kolors and HiDream ----------------------------------------------------------------------
+
+
+# --- Qwen-Image-Edit / Edit-Plus (instruction edit; issue 18 item 5) ---------------------------------
+#: Qwen2.5-VL's vision markers, as tokens of the byte-level tokenizer (the processor looks them up).
+_QWEN_VL_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                     "<|video_pad|>")
+#: The tiny processor's pixel budget: the pipelines hand it a ~1 MP (Edit) or 384x384 (Edit-Plus)
+#: condition image; this caps the vision tower at 4x4 patches of 14 px (2x2 tokens after merging).
+_QWEN_VL_MAX_PIXELS = 56 * 56
+
+
+def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
+    """Qwen-Image's tiny transformer and VAE, a Qwen2.5-VL with a vision tower, and a Qwen2VLProcessor."""
+    import diffusers
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+    )
+
+    tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", _QWEN_VL_SPECIALS)
+    ids = {name: tok.convert_tokens_to_ids(f"<|{name}|>") for name in
+           ("vision_start", "vision_end", "image_pad", "video_pad")}
+    image_processor = Qwen2VLImageProcessor(min_pixels=_QWEN_VL_MAX_PIXELS, max_pixels=_QWEN_VL_MAX_PIXELS,
+                                            patch_size=14, temporal_patch_size=2, merge_size=2)
+    if video_processors_available():  # (not installed on the test machines)
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                     video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2,
+                                                                           merge_size=2))
+    else:  # transformers cannot build the video half without torchvision: saved as a real folder's
+        # Qwen2VLProcessor all the same, which diffdiff.loading reads back image-only too
+        processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok)
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    ).eval()
+    torch.manual_seed(seed)
+    z_dim = 4
+    # four levels (x8, the real geometry): the pipelines encode their reference at ~1 MP whatever the
+    # output size, and three levels would put 128x128 packed tokens before the transformer
+    vae = AutoencoderKLQwenImage(
+        base_dim=z_dim * 2, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.05, 0.0],
+        latents_std=[1.5, 0.8, 1.2, 1.0],
+    ).eval()
+    vocab = len(tok)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": vocab,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "fullatt_block_indexes": [0]},
+        hidden_size=16, vocab_size=vocab, vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"], vision_token_id=ids["image_pad"], image_token_id=ids["image_pad"],
+        video_token_id=ids["video_pad"], bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    getattr(diffusers, pipeline_class)(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                                       text_encoder=text_encoder, tokenizer=tok,
+                                       processor=processor).save_pretrained(path)
+    index = json.loads((path / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]  # not diffdiff's subclass: a real folder's entry
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
+
+
+def build_tiny_qwen_image_edit(path: str | Path, seed: int = 0) -> Path:
+    """Qwen-Image-Edit: Qwen-Image's MMDiT with the edited image's latents as extra tokens, and the
+    image seen by the Qwen2.5-VL text encoder's vision tower too (no ``strength``)."""
+    return _tiny_qwen_image_edit(Path(path), "QwenImageEditPipeline", seed)
+
+
+def build_tiny_qwen_image_edit_plus(path: str | Path, seed: int = 0) -> Path:
+    """Qwen-Image-Edit-Plus (2509): as Qwen-Image-Edit, taking a list of reference images."""
+    return _tiny_qwen_image_edit(Path(path), "QwenImageEditPlusPipeline", seed)

@@ -9,8 +9,10 @@ pipeline released next month is driven without a release of ours:
   Lumina2, CogView4, HunyuanDiT, Kandinsky 3...), or img2img pipelines through their
   text-to-image form (Qwen-Image, Chroma, Kandinsky 3 img2img) when diffusers' own img2img would
   not do (packed latents, an autoencoder not called ``vae``);
-* instruction-edit pipelines (``image`` but no ``strength``: Flux Kontext) get the input image
-  as their reference too, so black pixels keep, white ones follow the instruction, grey between;
+* instruction-edit pipelines (``image`` but no ``strength``: Flux Kontext, Qwen-Image-Edit and
+  Edit-Plus) get the input image as their reference too, so black pixels keep, white ones follow
+  the instruction, grey between. Extra reference images (Edit-Plus takes a list) go in
+  ``pipeline_kwargs["image"]``: they are handed on after the input, which stays the first;
 * the latent layout (plain grid, 2x2-packed tokens, a VAE frame axis) and the latent
   normalisation come from :mod:`diffdiff.layouts`; the noising and the blend from
   :class:`diffdiff.ownnoise.ScheduleSeam`, run through the one :func:`~.base.run_stage`;
@@ -97,6 +99,14 @@ def _text_to_image_form(pipe: Any) -> Optional[Any]:
         return cls(**pipe.components)
     except Exception:  # different components
         return None
+
+
+def reference_images(image: Any, extra: Any) -> Any:
+    """An instruction-edit pipeline's ``image`` argument: the edited input (at the work size) first,
+    then the user's extra references (``pipeline_kwargs["image"]``: one image, a list, or None)."""
+    if extra is None:
+        return image
+    return [image, *(extra if isinstance(extra, (list, tuple)) else [extra])]
 
 
 def obstacle(pipe: Any) -> Optional[str]:
@@ -188,7 +198,10 @@ class OwnNoiseAdapter(Adapter):
             kw["image"] = image
         if request.num_inference_steps != 2:
             kw["intermediate_timesteps"] = None  # SCM's intermediate time is for 2-step schedules only
-        return self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
+        kw = self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
+        if self.reference_image and "image" in request.pipeline_kwargs:
+            kw["image"] = reference_images(image, request.pipeline_kwargs["image"])
+        return kw
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
         asked = super().work_size(*job.source.size)
