@@ -42,6 +42,10 @@ def _fmt(x: float, nd: int = 2) -> str:
 #: threshold t the mask is raw > t*c x mean, i.e. k = t*c.
 WIDE = 8.0
 
+#: Softness values (fall-off sigma, px) the soft-inpainting rows sweep; the floor is read at SOFT_FLOOR_AT.
+SOFTNESS = (4.0, 6.0, 8.0)
+SOFT_FLOOR_AT = 6.0
+
 
 def map_search(editor, seeds: list[int]) -> tuple[list[dict], dict]:
     """IoU of the automatic mask with the true mask over noise level, smoothing and cut k = t * c."""
@@ -112,12 +116,18 @@ def main() -> int:
                  "change rises with strength (Spearman 1.0 over seeds)", f"{n} images",
                  fans.spearman_of_means >= FLOORS["fan_spearman"] and fans.band0_identical))
 
-    soft = quality.soft_inpaint_border(ed, seeds, steps=steps)
-    ratios = [s.ratio for s in soft]
-    pooled = float(np.mean([s.soft for s in soft]) / np.mean([s.hard for s in soft]))
-    rows.append(("Soft-inpainting border gradient energy, soft / hard",
-                 f"pooled {_fmt(pooled)}, median {_fmt(float(np.median(ratios)))}, worst {_fmt(max(ratios))}",
-                 f"<= {FLOORS['soft_border_ratio']}", f"{n} holes, softness 4 px", pooled <= FLOORS["soft_border_ratio"]))
+    softs = {sf: quality.soft_inpaint_border(ed, seeds, softness=sf, steps=steps) for sf in SOFTNESS}
+    pooled = {sf: float(np.mean([r.soft for r in v]) / np.mean([r.hard for r in v])) for sf, v in softs.items()}
+    median = {sf: float(np.median([r.ratio for r in v])) for sf, v in softs.items()}
+    by_sf = ", ".join(f"{sf:g} px {_fmt(pooled[sf])}" for sf in SOFTNESS)
+    rows.append(("Soft-inpainting border gradient energy, soft / hard, pooled (mean soft / mean hard)",
+                 f"softness {by_sf}", f"<= {FLOORS['soft_border_ratio']} at softness {SOFT_FLOOR_AT:g} px",
+                 f"{n} holes", pooled[SOFT_FLOOR_AT] <= FLOORS["soft_border_ratio"]))
+    rows.append(("Soft-inpainting, the same per hole (median of soft / hard)",
+                 "softness " + ", ".join(f"{sf:g} px {_fmt(median[sf])}" for sf in SOFTNESS)
+                 + f"; worst at {SOFT_FLOOR_AT:g} px {_fmt(max(r.ratio for r in softs[SOFT_FLOOR_AT]))}",
+                 f"<= {FLOORS['soft_border_ratio']} (the stricter reading)", f"{n} holes",
+                 median[SOFT_FLOOR_AT] <= FLOORS["soft_border_ratio"]))
 
     de = quality.diffedit_quality(ed, seeds, steps)
     mean_iou = float(np.mean([d.iou for d in de]))
@@ -182,7 +192,10 @@ def main() -> int:
            "energy = median over the hole's border (2 px either side, not where the hole meets the frame) of "
            "|grad(out - src)|^2, the gradient of the change, so only seams the edit made count (the median: a new "
            "object's own edges crossing the border do not dominate); soft (softness 4) vs the same hole as a hard "
-           "map; pooled = mean soft / mean hard.",
+           "map; pooled = mean soft / mean hard, per hole = median of the ratios. The issue fixes no softness: the rows "
+           "sweep 4, 6 and 8 px (on a 64 px image) and read the floor at 6 px. Per hole the ratio stays near 0.8: "
+           "ring pixels just outside the hole (map near 1) change almost fully, as band .75 does, so much of the "
+           "seam moves outwards rather than softening where it is measured.",
            "- DiffEdit: `a red circle on a X background` to `a blue circle on a X background`; the automatic mask "
            "(default settings) vs the rendered object mask; colour = nearest palette colour of the object's pixels "
            "after `diffedit`; rest = mean |change| outside the object grown by 2 px."]

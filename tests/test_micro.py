@@ -175,8 +175,8 @@ def test_band_summary_reads_the_floor_on_the_means() -> None:
 
 
 def test_soft_inpainting_blends_the_border(micro: Editor) -> None:
-    """On these 4 seeds the floor holds; on the table's 40 holes it is 0.53 (benchmarks/QUALITY.md says NO)."""
-    res = quality.soft_inpaint_border(micro, SEEDS, steps=STEPS)
+    """The pooled floor at the table's softness (6 px); per hole the table's median stays above it (QUALITY.md)."""
+    res = quality.soft_inpaint_border(micro, SEEDS, softness=6.0, steps=STEPS)
     pooled = np.mean([r.soft for r in res]) / np.mean([r.hard for r in res])
     assert pooled <= FLOORS["soft_border_ratio"], [(r.soft, r.hard) for r in res]
 
