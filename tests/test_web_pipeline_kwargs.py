@@ -173,3 +173,11 @@ def test_one_rule_for_the_cli_the_api_and_the_request() -> None:
         pipeline_kwargs_from_json("[]", "--pipeline-kwargs")
     with pytest.raises(DiffDiffError, match="'guidance_scale' is set by diffdiff itself"):
         EditRequest("x", pipeline_kwargs={"guidance_scale": 3.0})
+
+
+def test_the_editor_refuses_a_name_the_pipeline_does_not_take(sd_editor: Editor) -> None:
+    """Through the library too (the CLI's path): the check is on the pipeline's named arguments, not
+    its ``**kwargs`` catch-all, which would drop the name without a word."""
+    img = sample_image(64, 64, seed=1)
+    with pytest.raises(DiffDiffError, match="StableDiffusionImg2ImgPipeline takes no argument 'nope'"):
+        sd_editor.edit(img, Image.new("L", (64, 64), 255), "a fox", num_inference_steps=2, pipeline_kwargs={"nope": 1})
