@@ -639,7 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = {
         "smoke": dict(families=["sd"], fam=(64, 2, 1), fan=(128, 4, 1), skip=(128, 4, 1), crop=(128, 16, 2, 1),
                       mem=(64, 2, 1), sizes=[]),
-        "quick": dict(families=FAMILY_NAMES, fam=(256, 8, 15), budget=8.0, fan=(512, 10, 5),
+        "quick": dict(families=FAMILY_NAMES, fam=(256, 8, 15), budget=12.0, fan=(512, 10, 5),
                       skip=(512, 10, 5), crop=(1024, 128, 2, 2), mem=(512, 4, 1), sizes=[]),
         "full": dict(families=FAMILY_NAMES, fam=(256, 20, 15), fan=(512, 20, 5),
                      skip=(512, 20, 5), crop=(1024, 128, 10, 3), mem=(1024, 10, 3), sizes=[512, 1024, 2048]),
