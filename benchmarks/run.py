@@ -1,7 +1,7 @@
 """diffdiff benchmark suite: one table of side-by-side ratios, written to benchmarks/RESULTS.md.
 
     python benchmarks/run.py            # full run (several minutes on 2 CPU cores)
-    python benchmarks/run.py --quick    # about a minute
+    python benchmarks/run.py --quick    # a few minutes (slow tiny models get fewer timed pairs)
     python benchmarks/run.py --gpu      # adds real-size SDXL (random weights, fp16) when CUDA exists
 
 Every comparison runs its two sides in the same process, interleaved (A B, B A, A B, ...) after a
@@ -43,6 +43,8 @@ from harness import (  # noqa: E402  # type: ignore[import-not-found]
     timings,
 )
 
+from diffdiff import testing, tiny_models  # noqa: E402  # after harness: it sets the environment first
+
 
 # the table ------------------------------------------------------------------------------------------
 @dataclass
@@ -79,49 +81,91 @@ def _fmt_row(r: Row) -> str:
     return f"| {r.name} | {r.setting} | {r.ours} | {r.base} | {ratio} | {r.goal} |"
 
 
-#: Families of issue 18 (diffdiff.tiny_models): text-to-image, instruction-edit and packed-latent pipelines.
-NEW_FAMILIES = ["pixart_sigma", "sana", "lumina2", "hunyuandit", "cogview4", "kandinsky3", "qwen_image", "chroma",
-                "flux_kontext", "z_image"]
+def _tiny(builder: Callable[[Path], Path]) -> Callable[[Path], Any]:
+    """An editor maker from a :mod:`diffdiff.testing` / :mod:`diffdiff.tiny_models` builder (folder -> model folder)."""
+    def make(folder: Path) -> Any:
+        from diffdiff import Editor
+
+        return Editor.from_pretrained(builder(folder), progress=False)
+    return make
+
+
+def _kandinsky22(folder: Path) -> Any:
+    from diffdiff import Editor
+
+    dec, prior = testing.build_tiny_kandinsky22(folder, folder.parent / f"{folder.name}-prior")
+    return Editor.from_pretrained(dec, prior=prior, progress=False)
+
+
+def _if_stage_1(folder: Path) -> Any:
+    from diffdiff import Editor
+
+    stage_1, _ = testing.build_tiny_if(folder, size_1=64)
+    return Editor.from_pretrained(stage_1, progress=False)
+
+
+#: The edit / img2img rows: (family name, editor maker(folder)), one row each; a new family is one
+#: line (a builder of diffdiff.testing or diffdiff.tiny_models wrapped in ``_tiny``).
+FAMILIES: list[tuple[str, Callable[[Path], Any]]] = [
+    ("sd", _tiny(testing.build_tiny_sd)),
+    ("sdxl", _tiny(testing.build_tiny_sdxl)),
+    ("sd3", _tiny(testing.build_tiny_sd3)),
+    ("flux", _tiny(testing.build_tiny_flux)),
+    ("kandinsky", _kandinsky22),
+    ("if", _if_stage_1),
+    # issue 18 (diffdiff.tiny_models): text-to-image pipelines driven by our own img2img (own-noise),
+    # the instruction-edit and the packed-latent families
+    ("pixart_sigma", _tiny(tiny_models.build_tiny_pixart_sigma)),
+    ("sana", _tiny(tiny_models.build_tiny_sana)),
+    ("lumina2", _tiny(tiny_models.build_tiny_lumina2)),
+    ("hunyuandit", _tiny(tiny_models.build_tiny_hunyuandit)),
+    ("cogview4", _tiny(tiny_models.build_tiny_cogview4)),
+    ("kandinsky3", _tiny(tiny_models.build_tiny_kandinsky3)),
+    ("qwen_image", _tiny(tiny_models.build_tiny_qwen_image)),
+    ("chroma", _tiny(tiny_models.build_tiny_chroma)),
+    ("flux_kontext", _tiny(tiny_models.build_tiny_flux_kontext)),
+    ("z_image", _tiny(tiny_models.build_tiny_z_image)),
+]
+FAMILY_NAMES = [name for name, _ in FAMILIES]
 
 
 def build_families(root: Path, names: list[str], report: Report) -> dict[str, Any]:
-    """Editors for every family whose tiny builder exists in :mod:`diffdiff.testing` or
-    :mod:`diffdiff.tiny_models` (others noted)."""
-    from diffdiff import Editor, testing, tiny_models
-
+    """Editors for the named families of :func:`_families`, each built under ``root / name`` (one that
+    cannot be built or loaded is noted and skipped)."""
+    makers = dict(FAMILIES)
     editors: dict[str, Any] = {}
     for name in names:
         try:
-            if name == "kandinsky":
-                builder = getattr(testing, "build_tiny_kandinsky22", None)
-                if builder is None:
-                    raise LookupError
-                dec, prior = builder(root / "kandinsky", root / "kandinsky-prior")
-                editors[name] = Editor.from_pretrained(dec, prior=prior, progress=False)
-            elif name == "if":
-                builder = getattr(testing, "build_tiny_if", None)
-                if builder is None:
-                    raise LookupError
-                stage_1, _ = builder(root / "if-1", size_1=64)
-                editors[name] = Editor.from_pretrained(stage_1, progress=False)
-            else:
-                builder = getattr(testing, f"build_tiny_{name}", None) or getattr(tiny_models, f"build_tiny_{name}", None)
-                if builder is None:
-                    raise LookupError
-                editors[name] = Editor.from_pretrained(builder(root / name), progress=False)
-        except LookupError:
-            report.note(f"{name}: no tiny builder in diffdiff.testing yet; skipped")
+            editors[name] = makers[name](root / name)
         except Exception as exc:  # a family another engineer is still wiring up
             report.note(f"{name}: could not be built/loaded ({type(exc).__name__}: {str(exc)[:120]}); skipped")
     return editors
 
 
 # sections ---------------------------------------------------------------------------------------------
-def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, report: Report) -> None:
-    """Change-map edit vs the same pipeline's plain img2img call (same steps, size, seed, strength)."""
+#: Fewest interleaved pairs a family's row is timed with when its time budget cuts them.
+MIN_PAIRS = 5
+
+
+def pairs_for(pair_seconds: float, reps: int, budget: Optional[float]) -> int:
+    """How many interleaved pairs to time: ``reps``, cut to fit ``budget`` seconds (at least
+    :data:`MIN_PAIRS`) for a family whose tiny model is slow."""
+    if budget is None or pair_seconds <= 0:
+        return reps
+    return max(min(reps, MIN_PAIRS), min(reps, int(budget / pair_seconds)))
+
+
+def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, report: Report,
+                   budget: Optional[float] = None) -> None:
+    """Change-map edit vs the same pipeline's plain img2img call (same steps, size, seed, strength).
+
+    ``budget``: seconds of timed pairs per family, measured from the warm-up pair; slower families
+    get fewer pairs (:func:`pairs_for`), so the quick mode stays quick as families are added.
+    """
 
     from diffdiff.testing import gradient_map, sample_image
 
+    cut: list[str] = []
     for name, ed in editors.items():
         s = 64 if name == "if" else size  # pixel-space IF is ~12x slower per pixel (NOTES.md)
         w, h = ed.work_size(s, s)
@@ -133,13 +177,18 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
         plain = plain_img2img(ed, img, steps, w, h)
 
         try:
-            ta, tb = timings([edit, plain], reps)
+            t0 = time.perf_counter()
+            edit(), plain()  # the warm-up pair
+            n = pairs_for(time.perf_counter() - t0, reps, budget)
+            if n < reps:
+                cut.append(f"{name} {n}")
+            ta, tb = timings([edit, plain], n, warmup=False)
         except Exception as exc:
             report.note(f"{name}: timing failed ({type(exc).__name__}: {str(exc)[:120]})")
             continue
         ratios = [x / y for x, y in zip(ta, tb)]
         lo, hi = quartiles(ratios)
-        own = own_code_ms(ed, edit, max(3, reps // 3))
+        own = own_code_ms(ed, edit, max(3, n // 3))
         base = statistics.median(tb)
         calls = "same model calls" if model_calls(ed, edit) == model_calls(ed, plain) else "MODEL CALLS DIFFER"
         # Side by side the two differ by our code plus machine noise (the pair ratios' quartiles show
@@ -147,6 +196,9 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
         report.add(Row("edit / img2img", f"{name} {w}x{h}, {steps} steps ({calls}; pair ratios {lo:.3f}-{hi:.3f}; "
                        f"our code {own:.1f} ms = {own / 1000 / base:.1%})",
                        secs(statistics.median(ta)), secs(base), statistics.median(ratios), "<= 1.02"))
+    if cut:
+        report.note(f"edit / img2img rows: {reps} interleaved pairs each, but a family whose pair takes longer than "
+                    f"{budget:g} s / {reps} got fewer (at least {MIN_PAIRS}) to keep this mode short: {', '.join(cut)}")
 
 
 def model_calls(ed: Any, fn: Callable[[], Any]) -> dict[str, int]:
@@ -561,7 +613,7 @@ def write_results(report: Report, path: Path, seconds: float) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="about one minute")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: fewer steps and repetitions; a slow family gets fewer timed pairs")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, for the test suite")
     ap.add_argument("--gpu", action="store_true", help="real-size SDXL section (needs CUDA)")
     ap.add_argument("--real-cpu", action="store_true",
@@ -587,9 +639,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = {
         "smoke": dict(families=["sd"], fam=(64, 2, 1), fan=(128, 4, 1), skip=(128, 4, 1), crop=(128, 16, 2, 1),
                       mem=(64, 2, 1), sizes=[]),
-        "quick": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if", *NEW_FAMILIES], fam=(256, 8, 15), fan=(512, 10, 5),
+        "quick": dict(families=FAMILY_NAMES, fam=(256, 8, 15), budget=12.0, fan=(512, 10, 5),
                       skip=(512, 10, 5), crop=(1024, 128, 2, 2), mem=(512, 4, 1), sizes=[]),
-        "full": dict(families=["sd", "sdxl", "sd3", "flux", "kandinsky", "if", *NEW_FAMILIES], fam=(256, 20, 15), fan=(512, 20, 5),
+        "full": dict(families=FAMILY_NAMES, fam=(256, 20, 15), fan=(512, 20, 5),
                      skip=(512, 20, 5), crop=(1024, 128, 10, 3), mem=(1024, 10, 3), sizes=[512, 1024, 2048]),
     }[mode]
     if args.memory_sizes:
@@ -598,7 +650,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="diffdiff-bench-") as tmp:
         root = Path(tmp)
         editors = build_families(root, cfg["families"], report)
-        bench_families(editors, *cfg["fam"], report)
+        bench_families(editors, *cfg["fam"], report, budget=cfg.get("budget"))
         if "sd" in editors:
             bench_fan_section(editors["sd"], *cfg["fan"], report)
             bench_skip(editors["sd"], *cfg["skip"], report)

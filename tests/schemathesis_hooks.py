@@ -15,7 +15,8 @@ Importing this module registers, globally:
 * ``filter_case``: positive cases for ``/api/fan`` keep ``min_strength <= max_strength``, the one
   cross-field rule JSON Schema cannot state (the field's description does);
 * ``filter_failure``: drops an "accepted negative data" failure whose every mutation is a type
-  change that multipart text undid (see :func:`filter_failure`).
+  change that multipart text undid, and a "rejected positive data" failure that is the pipeline
+  refusing a ``pipeline_kwargs`` value of the right type when it runs (see :func:`filter_failure`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from PIL import Image
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.core.mutations import OperatorKind
 from schemathesis.core.transforms import to_wire_text
+from schemathesis.openapi.checks import RejectedPositiveData
 
 MAX_SIDE = 64
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
@@ -87,6 +89,17 @@ def filter_case(context: Any, case: Any) -> bool:
     return not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi)
 
 
+def refused_by_the_pipeline(response: Any) -> bool:
+    """A 422 whose error is the pipeline refusing ``pipeline_kwargs`` when it ran."""
+    if getattr(response, "status_code", None) != 422:
+        return False
+    try:
+        error = json.loads(response.content)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, str) and error.startswith("pipeline_kwargs (") and "the pipeline refused them: " in error
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
     """Keep every failure but a negative case that multipart text made valid again.
@@ -96,7 +109,14 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     exempts such type changes for query and path parameters but not (4.32) for form bodies. A
     change-type mutation is exempt here only when the text actually sent is itself the spelling
     of a schema-valid value of that field.
+
+    And a positive case the server answered 422 with the pipeline's own refusal of a
+    ``pipeline_kwargs`` value (:class:`diffdiff.errors.PipelineArgumentError`): the schema gives
+    each argument its annotated type, but only the pipeline knows its range (``clip_skip`` beyond
+    the text encoder's layers), as the field's description says.
     """
+    if isinstance(failure, RejectedPositiveData):
+        return not refused_by_the_pipeline(response)
     if not isinstance(failure, AcceptedNegativeData) or not isinstance(case.body, dict) or case.meta is None:
         return True
     mutations = getattr(case.meta.phase.data, "mutations", None) or []

@@ -23,14 +23,14 @@ from .addons import Addons, addons_of, load_addons
 from .automap import auto_map
 from .changemap import MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
-from .errors import DiffDiffError, DiffDiffWarning
+from .errors import DiffDiffError, DiffDiffWarning, PipelineArgumentError
 from .families import Adapter, Job, RunInfo, adapter_for
 from .families.base import Trajectory
 from .inpaint import as_inpaint_pipeline, is_inpaint_checkpoint
 from .io import DEFAULT_MAX_PIXELS, ImageLike, check_pixel_limit, image_sha256, load_image, map_sha256, open_image
 from .loading import load_family
 from .perf import configure_memory
-from .pipeinfo import as_img2img
+from .pipeinfo import as_img2img, check_call_arguments
 from .request import CropResolution, EditRequest, OutputType
 from .version import __version__
 from .video import DEFAULT_MAX_FRAMES, MapSource, VideoLike
@@ -331,7 +331,16 @@ class Editor:
         """
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
         configure_memory(self, *self.work_size(*source.size))
-        out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+        if not request.pipeline_kwargs:
+            out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+            return out
+        check_call_arguments(self.pipe, request.pipeline_kwargs)
+        try:
+            out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+        except (DiffDiffError, MemoryError):
+            raise
+        except Exception as exc:  # the pipeline refused a value it was given by name: the caller's input
+            raise PipelineArgumentError(request.pipeline_kwargs, exc) from exc
         return out
 
     # video (logic in videoedit.py / video.py) ----------------------------------------------------

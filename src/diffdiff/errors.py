@@ -21,3 +21,16 @@ class DiffDiffWarning(UserWarning):
 
 class UnsupportedFeatureError(DiffDiffError):
     """The loaded model's family cannot do this operation (e.g. DiffEdit on SD3); the server answers 501."""
+
+
+class PipelineArgumentError(DiffDiffError):
+    """The diffusers call failed on a run given ``pipeline_kwargs``: a value the pipeline does not accept.
+
+    diffdiff passes those arguments through unread, so only the pipeline knows their ranges; its
+    failure is reported as the caller's input (one line naming the arguments and the pipeline's error).
+    """
+
+    def __init__(self, kwargs: dict, cause: BaseException) -> None:
+        first = (str(cause).strip().splitlines() or ["no message"])[0]
+        names = ", ".join(sorted(kwargs))
+        super().__init__(f"pipeline_kwargs ({names}): the pipeline refused them: {type(cause).__name__}: {first}")

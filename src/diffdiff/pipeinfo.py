@@ -9,6 +9,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import DiffDiffError
+
 # inspect.signature costs about 0.1 ms and was taken several times per edit: cache it per class.
 _CALL_PARAMETERS: dict[Any, Mapping[str, inspect.Parameter]] = {}
 
@@ -47,6 +49,28 @@ def accepted_kwargs(pipe: Any, kw: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kw
     return {k: v for k, v in kw.items() if k in params}
+
+
+def named_parameters(pipe: Any) -> list[str]:
+    """The arguments ``pipe.__call__`` takes by name (not ``self``, ``*args`` or ``**kwargs``)."""
+    try:
+        params = call_parameters(pipe)
+    except (TypeError, ValueError):
+        return []
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+    return [n for n, p in params.items() if n != "self" and p.kind not in skip]
+
+
+def check_call_arguments(pipe: Any, kw: Mapping[str, Any], name: str = "pipeline_kwargs") -> None:
+    """A clear error for a key of ``kw`` that ``pipe.__call__`` does not take by name.
+
+    A ``**kwargs`` catch-all does not count: diffusers pipelines use it for deprecated arguments
+    and drop anything else silently, so an unknown name would be ignored without a word.
+    """
+    known = named_parameters(pipe)
+    unknown = sorted(set(kw) - set(known))
+    if unknown and known:
+        raise DiffDiffError(f"{name}: {type(pipe).__name__} takes no argument {', '.join(repr(k) for k in unknown)}")
 
 
 def default_argument(pipe: Any, name: str) -> Any:

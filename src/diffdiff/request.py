@@ -9,6 +9,7 @@ construction (one clear line naming the first bad field) and produces its own me
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -21,6 +22,16 @@ from .errors import DiffDiffError
 
 OutputType = Literal["pil", "latent"]
 CropResolution = Union[None, str, int]
+
+#: Pipeline-call arguments diffdiff sets itself (from its own parameters, or as the machinery of the
+#: edit: the schedule, the noise, the step callback, the output): ``pipeline_kwargs`` may not name them.
+OWNED_PIPELINE_ARGUMENTS = frozenset({
+    "prompt", "negative_prompt", "image", "mask_image", "latents", "strength", "num_inference_steps", "timesteps",
+    "sigmas", "guidance_scale", "generator", "num_images_per_prompt", "output_type", "return_dict", "height",
+    "width", "denoising_start", "denoising_end", "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+    "callback", "callback_steps", "control_image", "controlnet_conditioning_scale", "control_mode",
+    "ip_adapter_image", "image_embeds", "negative_image_embeds",
+})
 
 
 def is_int(x: Any) -> bool:
@@ -125,8 +136,7 @@ class EditRequest:
             raise DiffDiffError(f"crop_resolution must be None, 'native' or a positive number of pixels, got {r!r}")
         check_control_from(self.control_from)
         check_scales(self.controlnet_conditioning_scale)
-        if not isinstance(self.pipeline_kwargs, dict) or not all(isinstance(k, str) for k in self.pipeline_kwargs):
-            raise DiffDiffError("pipeline_kwargs must be a dict of argument names to values")
+        check_pipeline_kwargs(self.pipeline_kwargs)
         if self.metadata is None or not isinstance(self.metadata, dict):
             object.__setattr__(self, "metadata", dict(self.metadata or {}))
 
@@ -166,13 +176,55 @@ class EditRequest:
 
 
 def _describe(value: Any) -> Any:
-    """A JSON-friendly record of a pipeline argument (tensors and images by their shape)."""
+    """A JSON-friendly record of a pipeline argument: JSON values as they are (lists and string-keyed
+    dicts element by element), tensors and images by their shape."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
-        return list(value)
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _describe(v) for k, v in value.items()}
     shape = getattr(value, "shape", None) or getattr(value, "size", None)
     return f"<{type(value).__name__} {tuple(shape) if shape is not None else ''}>".replace(" >", ">")
+
+
+def check_pipeline_kwargs(kw: Any, name: str = "pipeline_kwargs") -> None:
+    """Extra pipeline-call arguments: a dict of names to values, none of them one diffdiff sets itself."""
+    if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+        raise DiffDiffError(f"{name} must be a dict of argument names to values")
+    owned = sorted(OWNED_PIPELINE_ARGUMENTS.intersection(kw))
+    if owned:
+        raise DiffDiffError(f"{name}: {', '.join(repr(k) for k in owned)} {'is' if len(owned) == 1 else 'are'} set by "
+                            "diffdiff itself; use its own parameter (prompt, steps, guidance, strength, seed, ...)")
+
+
+def pipeline_kwargs_from_json(text: Optional[str], name: str = "pipeline_kwargs") -> dict[str, Any]:
+    """``pipeline_kwargs`` given as JSON text (the CLI's ``--pipeline-kwargs``, the web API's field).
+
+    None or empty: none. Otherwise a JSON object (strict JSON: no NaN or Infinity) checked by
+    :func:`check_pipeline_kwargs`; anything else is one clear :class:`DiffDiffError` line naming ``name``.
+    """
+    if text is None or not text.strip():
+        return {}
+
+    def no_constant(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "too deeply nested"
+        raise DiffDiffError(f"{name} is not valid JSON ({reason}); give an object like "
+                            "'{\"max_sequence_length\": 128}'") from None
+    if not isinstance(value, dict):
+        raise DiffDiffError(f"{name} must be a JSON object of argument names to values, got {_json_type(value)}")
+    check_pipeline_kwargs(value, name)
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def validate_edit_params(

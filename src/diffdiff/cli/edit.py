@@ -67,10 +67,10 @@ def register(app: typer.Typer) -> None:
             cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
             from ..changemap import prepare_change_map
-            from ..request import EditRequest
+            from ..request import EditRequest, pipeline_kwargs_from_json
 
             request = EditRequest(
-                pipeline_kwargs=_json_object(pipeline_kwargs, "--pipeline-kwargs"),
+                pipeline_kwargs=pipeline_kwargs_from_json(pipeline_kwargs, "--pipeline-kwargs"),
                 prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                 strength=strength, seed=seed, num_images=num_images, polarity=polarity,  # type: ignore[arg-type]
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
@@ -154,19 +154,3 @@ def addon_load_kw(controlnet: Optional[list[str]], lora: Optional[list[str]], ip
         kw["ip_adapter_scale"] = check_scales(ip_adapter_scale, "--ip-adapter-scale")[0]
     return kw
 
-
-def _json_object(text: Optional[str], option: str) -> dict:
-    """A JSON object given on the command line (empty when not given); one clear line otherwise."""
-    import json
-
-    from ..errors import DiffDiffError
-
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DiffDiffError(f"{option} is not valid JSON ({exc.msg}); give an object like '{{\"max_sequence_length\": 128}}'") from None
-    if not isinstance(value, dict):
-        raise DiffDiffError(f"{option} must be a JSON object of argument names to values, got {type(value).__name__}")
-    return value

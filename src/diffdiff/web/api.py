@@ -12,7 +12,9 @@ a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
 lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request
-LoRA scales) are declared only for what the served model has loaded. Model work runs in a worker thread, so the
+LoRA scales) are declared only for what the served model has loaded; ``pipeline_kwargs`` (extra arguments for
+the diffusers call, JSON text) is declared as the object it carries, from the served pipeline's signature
+(:mod:`.pipeargs`). Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
 """
 
@@ -38,6 +40,8 @@ from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
 from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
 from ..request import EditRequest, validate_edit_params
+from .pipeargs import DESCRIPTION as PIPELINE_KWARGS_HELP
+from .pipeargs import PipelineArguments
 from .service import EditService, QueueFull, TooLarge, png_bytes
 
 MAX_FAN_COLUMNS = 16
@@ -253,11 +257,22 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
     return prop
 
 
+#: ``json_schema_extra`` key of a text field that carries JSON: its value is the schema published for it.
+JSON_TEXT = "x-diffdiff-json-text"
+
+
+def _json_field(args: PipelineArguments) -> Any:
+    """The ``pipeline_kwargs`` form field: JSON text, published as the object it spells (:mod:`.pipeargs`)."""
+    return Form(None, description=PIPELINE_KWARGS_HELP, json_schema_extra={JSON_TEXT: args.schema()})
+
+
 def install_openapi(app: FastAPI) -> None:
     """Finish the generated schema so it says what the server accepts on the wire.
 
     The may-be-empty text fields of :data:`REQUIRED_TEXT` are required; form fields are
-    described as they travel, as text (:func:`_form_property`).
+    described as they travel, as text (:func:`_form_property`); a field carrying JSON text
+    (``json_schema_extra={JSON_TEXT: schema}``) is published as the value it spells (a JSON
+    object part, as OpenAPI sends an object property of a multipart body).
     """
 
     def openapi() -> dict[str, Any]:
@@ -274,6 +289,10 @@ def install_openapi(app: FastAPI) -> None:
                 names = REQUIRED_TEXT.get(path, ())
                 component["required"] = sorted(set(component.get("required", [])) | set(names))
                 for name in props:
+                    carried = props[name].pop(JSON_TEXT, None)
+                    if carried is not None:  # JSON text on the wire: publish the value's own schema
+                        meta = {k: props[name][k] for k in ("title", "description") if k in props[name]}
+                        props[name] = {**carried, **meta}
                     props[name] = _form_property(props[name], name in component["required"])
                 for name in names:
                     props[name].pop("default", None)
@@ -388,6 +407,7 @@ def build_router(service: EditService) -> APIRouter:
         )
 
     served = _served_addon_fields(service)
+    extra_args = PipelineArguments(getattr(service._editor, "pipe", None))
     loras = _served_loras(service)
     names = sorted(lora_names(loras))
     lora_help = (f"Per-request LoRA scales: NAME:SCALE, comma-separated, and the field may be repeated; NAME is one "
@@ -413,6 +433,7 @@ def build_router(service: EditService) -> APIRouter:
         controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
         ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
+        pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
         form = await request.form()
@@ -434,6 +455,7 @@ def build_router(service: EditService) -> APIRouter:
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
                 skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
                 control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale,
+                pipeline_kwargs=extra_args.parse(pipeline_kwargs),
             )
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
@@ -482,13 +504,15 @@ def build_router(service: EditService) -> APIRouter:
         seed: Optional[int] = _seed(),
         polarity: Literal["change", "keep"] = Form("change"),
         skip_frozen: bool = Form(True, description="Model only on the columns free at each step (false: full frame)"),
+        pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"])
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
 
-        def prepare() -> tuple[Image.Image, Optional[Image.Image]]:
+        def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any]]:
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
+            extra = extra_args.parse(pipeline_kwargs)
             if min_strength > max_strength:
                 raise DiffDiffError(f"min_strength ({min_strength}) is above max_strength ({max_strength})")
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
@@ -497,12 +521,14 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
-            return img, cmap
+            return img, cmap, extra
 
-        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image]]) -> Any:
+        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
                                   "guidance_scale": guidance, "seed": seed, "polarity": polarity,
                                   "skip_frozen": skip_frozen}
+            if p[2]:
+                kw["pipeline_kwargs"] = p[2]
             return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
                                       max_strength=max_strength, change_map=p[1], **kw)
 
