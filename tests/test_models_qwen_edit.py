@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffdiff import Editor, ModelLoadError, read_metadata
+from diffdiff import DiffDiffError, Editor, ModelLoadError, read_metadata
 from diffdiff.cli import app
 from diffdiff.families.own import reference_images
 from diffdiff.processors import image_only, substitutes, video_processors_available
@@ -169,13 +169,14 @@ def test_all_white_at_strength_1_equals_the_pipelines_own_call(name: str, editor
 def test_extra_references_follow_the_input(editors: dict[str, Editor], monkeypatch: pytest.MonkeyPatch,
                                            runs: dict[Any, tuple[torch.Tensor, torch.Tensor]]) -> None:
     # Edit-Plus takes a list of images: the edited one is the first, extras come from
-    # pipeline_kwargs["image"], handed on as given (the pipeline sizes each reference itself).
+    # reference_images, handed on as given (the pipeline sizes each reference itself).
     ed = editors["edit_plus"]
     extra = sample_image(48, 80, seed=9)
     spy = ResizeSpy(ed.pipe.image_processor)
     monkeypatch.setattr(ed.pipe.image_processor, "resize", spy)
-    with_extra = _latents(ed, HALF, num_images=2, pipeline_kwargs={"image": [extra]})
-    assert len(spy.seen) == 2 and spy.seen[1] is extra
+    with_extra = _latents(ed, HALF, num_images=2, reference_images=[extra])
+    assert len(spy.seen) == 2
+    np.testing.assert_array_equal(np.asarray(spy.seen[1]), np.asarray(extra))
     np.testing.assert_array_equal(np.asarray(spy.seen[0]), np.asarray(sample_image(64, 64, seed=3)))
     alone, clean = runs["edit_plus", "half"]
     assert not torch.equal(with_extra, alone)  # the extra reference is seen...
@@ -193,9 +194,37 @@ def test_reference_images_put_the_input_first() -> None:
 
 
 def test_one_reference_pipeline_refuses_extra_references(editors: dict[str, Editor]) -> None:
-    # Qwen-Image-Edit's prompt has one image slot: the pipeline itself refuses a list, before denoising.
-    with pytest.raises(ValueError, match="<\\|image_pad\\|> tokens"):
-        _latents(editors["edit"], HALF, pipeline_kwargs={"image": [sample_image(64, 64, seed=9)]})
+    # Qwen-Image-Edit's prompt has one image slot: the pipeline refuses a list before denoising; one line.
+    with pytest.raises(DiffDiffError, match="^reference_images: the pipeline refused them: ValueError: .*image_pad"):
+        _latents(editors["edit"], HALF, reference_images=[sample_image(64, 64, seed=9)])
+
+
+def test_references_are_refused_by_a_model_that_takes_none(tmp_path: Path) -> None:
+    from diffdiff.testing import build_tiny_sd
+
+    ed = Editor.from_pretrained(build_tiny_sd(tmp_path / "sd"), progress=False)
+    with pytest.raises(DiffDiffError, match="reference_images are for instruction-edit pipelines.*takes none"):
+        ed.edit(sample_image(64, 64), HALF, "a cat", num_inference_steps=2, reference_images=[sample_image(64, 64)])
+    with pytest.raises(DiffDiffError, match="'image' is set by diffdiff itself"):
+        ed.edit(sample_image(64, 64), HALF, "a cat", num_inference_steps=2, pipeline_kwargs={"image": [1]})
+
+
+def test_cli_reference_option(built: dict[str, Path], tmp_path: Path) -> None:
+    img, cmap, ref = tmp_path / "in.png", tmp_path / "map.png", tmp_path / "ref.png"
+    sample_image(64, 64, seed=3).save(img)
+    Image.fromarray((HALF * 255).astype(np.uint8), "L").save(cmap)
+    sample_image(48, 80, seed=9).save(ref)
+    out = tmp_path / "out.png"
+    r = CliRunner().invoke(app, ["edit", str(img), "--map", str(cmap), "-p", PROMPT, "--model", str(built["edit_plus"]),
+                                 "--steps", "2", "--seed", "1", "--reference", str(ref), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(out)
+    assert meta["reference_files"] == ["ref.png"] and meta["reference_images"] == ["<Image (48, 80)>"]
+    missing = CliRunner().invoke(app, ["edit", str(img), "--map", str(cmap), "-p", PROMPT, "--model",
+                                       str(built["edit_plus"]), "--reference", str(tmp_path / "nope.png"),
+                                       "-o", str(tmp_path / "o2.png")])
+    assert missing.exit_code != 0 and "Traceback" not in missing.output and "nope.png" in missing.output
+    assert not (tmp_path / "o2.png").exists()
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

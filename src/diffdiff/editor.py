@@ -218,6 +218,7 @@ class Editor:
         controlnet_conditioning_scale: Any = None,
         control_mode: Any = None,
         ip_adapter_image: Any = None,
+        reference_images: Any = None,
     ) -> Any:
         """Edit ``image`` where ``change_map`` allows it; returns a list of PIL images.
 
@@ -231,6 +232,8 @@ class Editor:
         With a ControlNet loaded: ``control_image`` (one, or one per ControlNet; the input's aspect
         ratio) or ``control_from="canny"``, ``controlnet_conditioning_scale``; ControlNet Union also
         ``control_mode`` (a name such as ``"depth"``, or its number). With an IP-Adapter: ``ip_adapter_image``.
+        Instruction-edit pipelines taking several images (Qwen-Image-Edit-Plus): ``reference_images``
+        (one or a list) follow the edited input.
         The parameters form one :class:`~diffdiff.request.EditRequest`; :meth:`edit_with` takes one.
         """
         request = EditRequest(
@@ -240,7 +243,7 @@ class Editor:
             crop_resolution=crop_resolution, skip_frozen=skip_frozen, pipeline_kwargs=dict(pipeline_kwargs or {}),
             metadata=dict(metadata or {}), control_image=control_image, control_from=control_from,
             controlnet_conditioning_scale=controlnet_conditioning_scale, control_mode=control_mode,
-            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image=ip_adapter_image, reference_images=reference_images,
         )
         return self.edit_with(image, change_map, request)
 
@@ -331,7 +334,10 @@ class Editor:
         """
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
         configure_memory(self, *self.work_size(*source.size))
-        if not request.pipeline_kwargs:
+        if request.reference_images and not getattr(self.adapter, "takes_references", False):
+            raise DiffDiffError(f"reference_images are for instruction-edit pipelines that take several images "
+                                f"(Qwen-Image-Edit-Plus); {type(self.pipe).__name__} takes none")
+        if not request.pipeline_kwargs and not request.reference_images:
             out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
             return out
         check_call_arguments(self.pipe, request.pipeline_kwargs)
@@ -340,7 +346,11 @@ class Editor:
         except (DiffDiffError, MemoryError):
             raise
         except Exception as exc:  # the pipeline refused a value it was given by name: the caller's input
-            raise PipelineArgumentError(request.pipeline_kwargs, exc) from exc
+            given = dict(request.pipeline_kwargs)
+            if request.reference_images:
+                given["reference_images"] = request.reference_images
+            raise PipelineArgumentError(given, exc, "reference_images" if not request.pipeline_kwargs else None) \
+                from exc
         return out
 
     # video (logic in videoedit.py / video.py) ----------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class DiffDiffError(ValueError):
     """A problem with the user's input or setup, with a message that says what to do."""
@@ -30,7 +32,7 @@ class PipelineArgumentError(DiffDiffError):
     failure is reported as the caller's input (one line naming the arguments and the pipeline's error).
     """
 
-    def __init__(self, kwargs: dict, cause: BaseException) -> None:
+    def __init__(self, kwargs: dict, cause: BaseException, label: Optional[str] = None) -> None:
         first = (str(cause).strip().splitlines() or ["no message"])[0]
-        names = ", ".join(sorted(kwargs))
-        super().__init__(f"pipeline_kwargs ({names}): the pipeline refused them: {type(cause).__name__}: {first}")
+        what = label or f"pipeline_kwargs ({', '.join(sorted(kwargs))})"
+        super().__init__(f"{what}: the pipeline refused them: {type(cause).__name__}: {first}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -89,6 +90,8 @@ class EditRequest:
     (one, or one per ControlNet; file paths or PIL images of the input's aspect ratio) or
     ``control_from="canny"``, ``controlnet_conditioning_scale`` (one, or one per ControlNet),
     ``control_mode`` (ControlNet Union's control type) and ``ip_adapter_image``.
+    ``reference_images``: extra reference images for instruction-edit pipelines that take several
+    (Qwen-Image-Edit-Plus); the edited input is always the first reference.
     """
 
     prompt: Union[str, list[str]]
@@ -110,6 +113,7 @@ class EditRequest:
     controlnet_conditioning_scale: Union[float, list[float], None] = None
     control_mode: Union[int, str, None] = None
     ip_adapter_image: Any = None
+    reference_images: tuple[Any, ...] = ()
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +141,7 @@ class EditRequest:
         check_control_from(self.control_from)
         check_scales(self.controlnet_conditioning_scale)
         check_pipeline_kwargs(self.pipeline_kwargs)
+        object.__setattr__(self, "reference_images", check_references(self.reference_images))
         if self.metadata is None or not isinstance(self.metadata, dict):
             object.__setattr__(self, "metadata", dict(self.metadata or {}))
 
@@ -170,9 +175,23 @@ class EditRequest:
             "paste_back": bool(self.paste_back),
             "skip_frozen": bool(self.skip_frozen),
         }
+        if self.reference_images:
+            out["reference_images"] = [str(r) if isinstance(r, (str, os.PathLike)) else _describe(r)
+                                       for r in self.reference_images]
         if self.pipeline_kwargs:
             out["pipeline_kwargs"] = {k: _describe(v) for k, v in self.pipeline_kwargs.items()}
         return out
+
+
+def check_references(refs: Any) -> tuple[Any, ...]:
+    """``reference_images``: None, one image, or a list of images (PIL images or file paths)."""
+    if refs is None:
+        return ()
+    items = tuple(refs) if isinstance(refs, (list, tuple)) else (refs,)
+    for r in items:
+        if not (isinstance(r, (str, os.PathLike)) or hasattr(r, "convert")):
+            raise DiffDiffError(f"reference_images must be images or image file paths, got {type(r).__name__}")
+    return items
 
 
 def _describe(value: Any) -> Any:

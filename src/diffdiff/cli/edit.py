@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="IP-Adapter weights file (its image_encoder folder beside it) or OWNER/REPO/SUBFOLDER/FILE."),
         ip_adapter_image: Optional[Path] = typer.Option(None, "--ip-adapter-image", help="Reference image for the IP-Adapter."),
         ip_adapter_scale: float = typer.Option(1.0, "--ip-adapter-scale", help="IP-Adapter strength (0 = off)."),
+        reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Instruction-edit models taking several images (Qwen-Image-Edit-Plus): an extra reference image after IMAGE. Repeat for several."),
         pipeline_kwargs: Optional[str] = typer.Option(None, "--pipeline-kwargs", help="""Extra arguments for the diffusers call, as a JSON object, e.g. '{"max_sequence_length": 128}'."""),
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
@@ -76,10 +77,12 @@ def register(app: typer.Typer) -> None:
                 paste_back=paste_back, crop=crop, crop_padding=crop_padding, skip_frozen=skip_frozen,
                 crop_resolution=int(crop_resolution) if crop_resolution and crop_resolution.isdigit() else crop_resolution,
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
-                                                       if change_map is not None else {"auto_map_source": auto_map})},
+                                                       if change_map is not None else {"auto_map_source": auto_map}),
+                          **({"reference_files": [r.name for r in reference]} if reference else {})},
                 control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
                 controlnet_conditioning_scale=list(control_scale) if control_scale else None, control_mode=control_mode,
                 ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
+                reference_images=[open_image(r, "reference image") for r in reference or []],
             )
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model

@@ -174,6 +174,8 @@ class Adapter:
     pass_size: ClassVar[bool] = False
     #: the family's map-driven edits support automatic maps and DiffEdit (its UNet is called directly)
     text_maps: ClassVar[bool] = False
+    #: the pipeline takes ``EditRequest.reference_images`` after the input (instruction edits)
+    takes_references: bool = False
 
     def __init__(self, pipe: Any, **parts: Any) -> None:
         self.pipe = pipe

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from ..errors import DiffDiffError, UnsupportedModelError
+from ..io import load_image
 from ..layouts import DENOISER_NAMES, VAE_NAMES, LatentCodec, component
 from ..ownnoise import (
     ChosenSize,
@@ -103,7 +104,7 @@ def _text_to_image_form(pipe: Any) -> Optional[Any]:
 
 def reference_images(image: Any, extra: Any) -> Any:
     """An instruction-edit pipeline's ``image`` argument: the edited input (at the work size) first,
-    then the user's extra references (``pipeline_kwargs["image"]``: one image, a list, or None)."""
+    then the user's extra references (``EditRequest.reference_images``: one image, a list, or None)."""
     if extra is None:
         return image
     return [image, *(extra if isinstance(extra, (list, tuple)) else [extra])]
@@ -147,6 +148,8 @@ class OwnNoiseAdapter(Adapter):
         self.noise_method = noise_method(form.scheduler)  # type: ignore[misc]
         #: instruction-edit pipelines: the input image is also the model's reference
         self.reference_image = "image" in call_parameter_names(form)
+        #: ``request.reference_images`` go to the pipeline after the input (:meth:`Editor.run` checks)
+        self.takes_references = self.reference_image
         #: requested work size -> the size the pipeline generates at, where they differ (learned)
         self.chosen_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -199,8 +202,9 @@ class OwnNoiseAdapter(Adapter):
         if request.num_inference_steps != 2:
             kw["intermediate_timesteps"] = None  # SCM's intermediate time is for 2-step schedules only
         kw = self.with_pipeline_kwargs(accepted_kwargs(self.pipe, kw), request)
-        if self.reference_image and "image" in request.pipeline_kwargs:
-            kw["image"] = reference_images(image, request.pipeline_kwargs["image"])
+        if self.reference_image and request.reference_images:
+            kw["image"] = reference_images(image, [load_image(r, "reference image").convert("RGB")
+                                                   for r in request.reference_images])
         return kw
 
     def run(self, job: Job) -> tuple[Any, RunInfo]:
