@@ -125,6 +125,11 @@ FAMILIES: list[tuple[str, Callable[[Path], Any]]] = [
     ("chroma", _tiny(tiny_models.build_tiny_chroma)),
     ("flux_kontext", _tiny(tiny_models.build_tiny_flux_kontext)),
     ("z_image", _tiny(tiny_models.build_tiny_z_image)),
+    ("sana_sprint", _tiny(tiny_models.build_tiny_sana_sprint)),
+    ("kolors", _tiny(tiny_models.build_tiny_kolors)),
+    ("hidream", _tiny(tiny_models.build_tiny_hidream)),
+    ("qwen_image_edit", _tiny(tiny_models.build_tiny_qwen_image_edit)),
+    ("qwen_image_edit_plus", _tiny(tiny_models.build_tiny_qwen_image_edit_plus)),
 ]
 FAMILY_NAMES = [name for name, _ in FAMILIES]
 
