@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import HERE, PROMPT, machine, network_calls, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
+from harness import HERE, PROMPT, machine, network_calls, own_code_ms, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
 
 HEADING = "## Video"
 
@@ -34,44 +34,6 @@ def model_calls(pipe: Any, fn: Callable[[], Any]) -> dict[str, int]:
     """How often ``fn`` runs each network of ``pipe`` (denoiser, VAE encoder and decoder, text encoder)."""
     return network_calls([pipe], fn)
 
-
-
-def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
-    """Milliseconds per edit in diffdiff's own code: outside the pipeline call plus inside the step hook
-    (run.py's measure for images; the pipeline class's ``__call__`` and the hook are timed)."""
-    import functools
-
-    from diffdiff import hook as hook_module
-
-    spent = {"pipeline": 0.0, "hook": 0.0}
-
-    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
-        @functools.wraps(fn)  # keeps the signature diffdiff reads from pipelines
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - t0
-        return wrapper
-
-    cls = type(ed.pipe)
-    saved = cls.__dict__.get("__call__")
-    hook_call = hook_module.DifferentialStep.__call__
-    try:
-        cls.__call__ = timed(cls.__call__, "pipeline")
-        hook_module.DifferentialStep.__call__ = timed(hook_call, "hook")  # type: ignore[method-assign]
-        t0 = time.perf_counter()
-        for _ in range(n):
-            edit()
-        total = time.perf_counter() - t0
-    finally:
-        hook_module.DifferentialStep.__call__ = hook_call  # type: ignore[method-assign]
-        if saved is None:
-            del cls.__call__
-        else:
-            cls.__call__ = saved
-    return (total - spent["pipeline"] + spent["hook"]) / n * 1000
 
 
 def bench(frames_n: int, size: int, steps: int, reps: int) -> list[str]:

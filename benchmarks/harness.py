@@ -1,5 +1,7 @@
 """Shared benchmark harness: environment set-up, interleaved timings, the plain-img2img baseline,
-the machine line. ``run.py``, ``bench_fan.py`` and ``big_images.py`` import it (and not each other).
+the machine line, the network-call counter and our own code's share of an edit (``own_code_ms``).
+``run.py``, ``bench_fan.py``, ``big_images.py``, ``bench_video.py`` and ``bench_addons.py`` import it
+(and not each other).
 
 Importing it sets the offline hub, passive OpenMP waiting and quiet warnings, before torch loads.
 """
@@ -148,3 +150,58 @@ def machine(threads: Optional[int] = None) -> str:
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}; "
             f"load average at the end {load}")
+
+
+def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
+    """Milliseconds per edit spent in diffdiff's own code: the edit outside every pipeline call, plus
+    our step hook inside them. Pipeline classes' ``__call__`` and the hook are timed for ``n`` edits."""
+    import functools
+
+    from diffdiff import hook as hook_module
+
+    spent = {"pipelines": 0.0, "hook": 0.0}
+
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        @functools.wraps(fn)  # keeps the signature diffdiff reads from pipelines
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    classes = {type(p) for p in ed.adapter.pipelines() if p is not None}
+    saved = {cls: cls.__dict__.get("__call__") for cls in classes}
+    # The own-noise family encodes the image itself: that VAE call is the model's work, not ours.
+    from diffdiff.layouts import LatentCodec
+
+    encode = LatentCodec.encode
+    # The blend (DifferentialStep.step, reached from the callback or from the own-noise seam's
+    # scheduler.step wrapper) and the seam's schedule cut + noising run inside pipeline calls: ours.
+    from diffdiff.ownnoise import ScheduleSeam
+
+    hook_call = hook_module.DifferentialStep.step
+    seam_parts = {name: getattr(ScheduleSeam, name) for name in ("_set_timesteps", "_check_start")}
+    try:
+        for cls in classes:
+            cls.__call__ = timed(cls.__call__, "pipelines")
+        hook_module.DifferentialStep.step = timed(hook_call, "hook")  # type: ignore[method-assign]
+        for name, fn in seam_parts.items():
+            setattr(ScheduleSeam, name, timed(fn, "hook"))
+        LatentCodec.encode = timed(encode, "pipelines")  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            edit()
+        total = time.perf_counter() - t0
+    finally:
+        hook_module.DifferentialStep.step = hook_call  # type: ignore[method-assign]
+        for name, fn in seam_parts.items():
+            setattr(ScheduleSeam, name, fn)
+        LatentCodec.encode = encode  # type: ignore[method-assign]
+        for cls, call in saved.items():
+            if call is None:
+                del cls.__call__
+            else:
+                cls.__call__ = call
+    return (total - spent["pipelines"] + spent["hook"]) / n * 1000

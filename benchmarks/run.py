@@ -34,6 +34,7 @@ from harness import (  # noqa: E402  # type: ignore[import-not-found]
     PROMPT,
     machine,
     network_calls,
+    own_code_ms,
     plain_img2img,
     quartiles,
     quiet,
@@ -209,62 +210,6 @@ def bench_families(editors: dict[str, Any], size: int, steps: int, reps: int, re
 def model_calls(ed: Any, fn: Callable[[], Any]) -> dict[str, int]:
     """How often ``fn`` runs each network of the editor's pipelines (denoiser, VAE/MoVQ halves, text encoders)."""
     return network_calls(ed.adapter.pipelines(), fn)  # the SDXL refiner is one of the parts
-
-
-
-def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
-    """Milliseconds per edit spent in diffdiff's own code: the edit outside every pipeline call, plus
-    our step hook inside them. Pipeline classes' ``__call__`` and the hook are timed for ``n`` edits."""
-    import functools
-
-    from diffdiff import hook as hook_module
-
-    spent = {"pipelines": 0.0, "hook": 0.0}
-
-    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
-        @functools.wraps(fn)  # keeps the signature diffdiff reads from pipelines
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - t0
-        return wrapper
-
-    classes = {type(p) for p in ed.adapter.pipelines() if p is not None}
-    saved = {cls: cls.__dict__.get("__call__") for cls in classes}
-    # The own-noise family encodes the image itself: that VAE call is the model's work, not ours.
-    from diffdiff.layouts import LatentCodec
-
-    encode = LatentCodec.encode
-    # The blend (DifferentialStep.step, reached from the callback or from the own-noise seam's
-    # scheduler.step wrapper) and the seam's schedule cut + noising run inside pipeline calls: ours.
-    from diffdiff.ownnoise import ScheduleSeam
-
-    hook_call = hook_module.DifferentialStep.step
-    seam_parts = {name: getattr(ScheduleSeam, name) for name in ("_set_timesteps", "_check_start")}
-    try:
-        for cls in classes:
-            cls.__call__ = timed(cls.__call__, "pipelines")
-        hook_module.DifferentialStep.step = timed(hook_call, "hook")  # type: ignore[method-assign]
-        for name, fn in seam_parts.items():
-            setattr(ScheduleSeam, name, timed(fn, "hook"))
-        LatentCodec.encode = timed(encode, "pipelines")  # type: ignore[method-assign]
-        t0 = time.perf_counter()
-        for _ in range(n):
-            edit()
-        total = time.perf_counter() - t0
-    finally:
-        hook_module.DifferentialStep.step = hook_call  # type: ignore[method-assign]
-        for name, fn in seam_parts.items():
-            setattr(ScheduleSeam, name, fn)
-        LatentCodec.encode = encode  # type: ignore[method-assign]
-        for cls, call in saved.items():
-            if call is None:
-                del cls.__call__
-            else:
-                cls.__call__ = call
-    return (total - spent["pipelines"] + spent["hook"]) / n * 1000
 
 
 def bench_fan_section(ed: Any, size: int, steps: int, reps: int, report: Report) -> None:
