@@ -4,7 +4,9 @@ Everything goes through diffusers' own ``from_pretrained`` / ``from_single_file`
 chooses the entry point, picks a device and dtype, loads the extra pipelines a family declares
 (:class:`diffdiff.families.base.PartSpec`: SDXL's refiner, Kandinsky's prior, IF's stages), and turns
 the usual wall of HTTP and OS errors into one line that tells the user what to do. A hub id is
-always tried from the local cache first, then from the hub only if it can be reached.
+always tried from the local cache first, then from the hub only if it can be reached. A file that
+holds only a transformer / UNet (``flux1-dev.safetensors``) is loaded as that component of the base
+model given as ``config=``, and component arguments may be such files (``transformer="x.safetensors"``).
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def _single_file_error(model: str, exc: BaseException, config: Any) -> ModelLoad
     if isinstance(exc, SingleFileComponentError):
         return ModelLoadError(f"single-file checkpoint '{model}' is incomplete or not in the original (LDM) layout: "
                               f"{_first_line(exc)}")
+    if "split_with_sizes" in text and "3072" in text:  # diffusers' Flux conversion assumes Flux.1's width
+        return ModelLoadError(f"'{model}' holds a Flux transformer narrower than Flux.1's 3072 channels, which "
+                              "diffusers' single-file conversion cannot read; load it from a diffusers folder")
     offline = ("localentrynotfound", "offline", "connection", "max retries", "couldn't connect",
                "cannot find the requested files", "resolve")
     if any(m in text for m in offline):
@@ -418,8 +423,8 @@ def load_component_file(path: str | os.PathLike[str], base: str, name: Optional[
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"'{path}' is not a {cls.__name__} checkpoint diffdiff can load as the {name} of "
-                             f"'{base}': {_first_line(exc)}") from exc
+        raise ModelLoadError(f"'{path}' cannot be loaded as the {name} ({cls.__name__}) of '{base}': "
+                             f"{_first_line(exc)}") from exc
     return name, module
 
 
