@@ -9,6 +9,7 @@ compared below provably came out of the single file.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,34 @@ def test_cli_edit_with_sd3_file(kind: str, sd3_path: Path, root: Path, tmp_path:
                                    "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert out.is_file()
+
+
+# opt-in: a full-width (3072) Flux through BFL's layout end to end -------------------------------
+
+@pytest.mark.skipif(os.environ.get("DIFFDIFF_FULL_WIDTH_FLUX") != "1",
+                    reason="~30 s and ~9 GB: set DIFFDIFF_FULL_WIDTH_FLUX=1 to run")
+def test_full_width_flux_files_match_folder(root: Path) -> None:
+    # A ComfyUI-style whole file (BFL transformer + VAE + CLIP-L + T5) and a flux1-dev-style
+    # transformer-only file, both read by diffusers' real conversion at Flux.1's width.
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from diffdiff.testing import _clip_text_encoder, _flow_vae, _t5_parts, _tokenizer
+
+    path, tok = root / "flux-3072", root / ".tok-flux-3072"
+    t5_tok, t5 = _t5_parts(tok / "t5", d_model=32, seed=2)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    FluxPipeline(transformer=transformer.eval(), vae=_flow_vae(0), text_encoder=_clip_text_encoder(32, seed=0),
+                 tokenizer=_tokenizer(tok / "clip"), text_encoder_2=t5, tokenizer_2=t5_tok,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)).save_pretrained(path)
+    del transformer
+    expected = _latents(_editor(path))
+    whole = save_single_file(path, root / "flux-3072.safetensors")
+    ed = _editor(whole, config=copy_model_configs(path, root / "flux-3072-cfg"))
+    assert ed.family == "flux" and torch.equal(_latents(ed), expected)
+    del ed
+    alone = save_single_file(path, root / "flux-3072-transformer.safetensors", transformer_only=True)
+    ed = _editor(alone, config=_without(path, "transformer", root / "flux-3072-base"))
+    assert torch.equal(_latents(ed), expected)
