@@ -145,7 +145,7 @@ def test_equal_width_clips_are_refused(root: Path) -> None:
 
 def test_sd3_transformer_file_with_its_base(sd3_path: Path, root: Path) -> None:
     # Stability-layout MMDiT alone (as a fine-tune ships it); VAE and text encoders from the base.
-    ckpt = save_single_file(sd3_path, root / "sd3-mmdit.safetensors", transformer_only=True)
+    ckpt = save_single_file(sd3_path, root / "sd3-mmdit.safetensors", denoiser_only=True)
     base = _without(sd3_path, "transformer", root / "sd3-base")
     ed_file, ed_dir = _editor(ckpt, config=base), _editor(sd3_path)
     assert ed_file.family == "sd3"
@@ -166,6 +166,20 @@ def test_flux_transformer_file_as_file_or_component(flux_path: Path, root: Path)
         assert torch.equal(_latents(ed), expected)
 
 
+def test_ldm_unet_file_with_its_base(tiny_sd_path: Path, root: Path) -> None:
+    # An SD 1.x UNet alone in the LDM layout (model.diffusion_model.*), as UNet fine-tunes ship.
+    ckpt = save_single_file(tiny_sd_path, root / "sd-unet.safetensors", denoiser_only=True)
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        assert {k.split(".")[0] for k in f.keys()} == {"model"}
+    base = _without(tiny_sd_path, "unet", root / "sd-base")
+    ed_file, ed_dir = _editor(ckpt, config=base), _editor(tiny_sd_path)
+    assert ed_file.family == "sd"
+    assert _same_weights(ed_file.pipe, ed_dir.pipe, ["unet"]) > 100
+    assert torch.equal(_latents(ed_file), _latents(ed_dir))
+
+
 # errors: one line each ---------------------------------------------------------------------------
 
 def _one_line(info: pytest.ExceptionInfo[ModelLoadError], *parts: str) -> str:
@@ -175,18 +189,26 @@ def _one_line(info: pytest.ExceptionInfo[ModelLoadError], *parts: str) -> str:
 
 
 def test_transformer_file_without_base(sd3_path: Path, root: Path) -> None:
-    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-alone.safetensors", transformer_only=True)
+    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-alone.safetensors", denoiser_only=True)
     with pytest.raises(ModelLoadError) as info:
         Editor.from_pretrained(ckpt, device="cpu")
     _one_line(info, str(ckpt), "config=", "--model-config")
 
 
 def test_transformer_file_with_weightless_base(sd3_path: Path, root: Path) -> None:
-    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-2.safetensors", transformer_only=True)
+    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-2.safetensors", denoiser_only=True)
     cfg = copy_model_configs(sd3_path, root / "sd3-cfg-only")
     with pytest.raises(ModelLoadError) as info:
         Editor.from_pretrained(ckpt, config=cfg, device="cpu")
     _one_line(info, str(ckpt), "holds only a transformer", str(cfg))
+
+
+def test_uncached_hub_base_offline(sd3_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-3.safetensors", denoiser_only=True)
+    with pytest.raises(ModelLoadError) as info:
+        Editor.from_pretrained(ckpt, config="nobody/not-a-cached-model", device="cpu")
+    _one_line(info, str(ckpt), "nobody/not-a-cached-model", "hub cannot be reached")
 
 
 def test_unrelated_file_with_base(sd3_path: Path, root: Path) -> None:
@@ -227,7 +249,7 @@ def test_cli_edit_with_sd3_file(kind: str, sd3_path: Path, root: Path, tmp_path:
     if kind == "whole":
         ckpt, cfg = save_single_file(sd3_path, root / "sd3-cli.safetensors"), copy_model_configs(sd3_path, root / "sd3-cfg")
     else:
-        ckpt = save_single_file(sd3_path, root / "sd3-cli-t.safetensors", transformer_only=True)
+        ckpt = save_single_file(sd3_path, root / "sd3-cli-t.safetensors", denoiser_only=True)
         cfg = _without(sd3_path, "transformer", root / "sd3-base")
     img, cmap, out = tmp_path / "in.png", tmp_path / "map.png", tmp_path / "out.png"
     sample_image(64, 64).save(img)
@@ -265,6 +287,6 @@ def test_full_width_flux_files_match_folder(root: Path) -> None:
     ed = _editor(whole, config=copy_model_configs(path, root / "flux-3072-cfg"))
     assert ed.family == "flux" and torch.equal(_latents(ed), expected)
     del ed
-    alone = save_single_file(path, root / "flux-3072-transformer.safetensors", transformer_only=True)
+    alone = save_single_file(path, root / "flux-3072-transformer.safetensors", denoiser_only=True)
     ed = _editor(alone, config=_without(path, "transformer", root / "flux-3072-base"))
     assert torch.equal(_latents(ed), expected)

@@ -400,16 +400,17 @@ def load_component_file(path: str | os.PathLike[str], base: str, name: Optional[
     file, base = Path(path).expanduser(), str(base)
     if not file.is_file():
         raise ModelLoadError(f"component file '{path}' does not exist")
-    index = _base_index(base)
+    try:
+        index = _base_index(base)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"the base model for '{path}': {exc}") from exc
     components = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1] is not None]
     name = name or next((n for n in ("transformer", "unet", "prior") if n in components), None)
     if name is None or name not in components:
         raise ModelLoadError(f"base model '{base}' has no {name or 'transformer or UNet'} for '{path}' to replace "
                              f"(its components: {', '.join(components)})")
     cls = getattr(diffusers, index[name][1], None)
-    from diffusers.loaders.single_file_model import FromOriginalModelMixin
-
-    if not (isinstance(cls, type) and issubclass(cls, FromOriginalModelMixin)):
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.FromOriginalModelMixin)):
         raise ModelLoadError(f"diffusers cannot load a {index[name][1]} ({name} of '{base}') from a single file "
                              f"like '{path}'; save it as a diffusers folder instead")
     _checkpoint_shapes(file, str(path))  # a corrupt .safetensors fails here in one line

@@ -554,7 +554,7 @@ def _ldm_open_clip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     return out
 
 
-def save_single_file(diffusers_folder: str | Path, out_file: str | Path, transformer_only: bool = False) -> Path:
+def save_single_file(diffusers_folder: str | Path, out_file: str | Path, denoiser_only: bool = False) -> Path:
     """Write a (tiny) SD 1.x / SDXL base / SDXL refiner / SD3 / Flux diffusers folder as ONE original-layout file.
 
     The result loads with ``<Pipeline>.from_single_file(out_file, config=diffusers_folder)``, i.e.
@@ -563,8 +563,8 @@ def save_single_file(diffusers_folder: str | Path, out_file: str | Path, transfo
     ``conditioner.embedders.0.transformer.`` (SDXL), SDXL's second encoder in open-clip layout under
     ``conditioner.embedders.1.model.`` (``embedders.0`` for the refiner, which has only that one).
     SD3 / Flux: the transformer in Stability's / BFL's layout under ``model.diffusion_model.``, the VAE
-    under ``first_stage_model.``, the text encoders under ``text_encoders.*`` (``transformer_only``:
-    the transformer alone, like ``flux1-dev.safetensors``).
+    under ``first_stage_model.``, the text encoders under ``text_encoders.*``. ``denoiser_only``: the
+    UNet / transformer alone (a UNet fine-tune, ``flux1-dev.safetensors``).
     """
     from safetensors.torch import save_file
 
@@ -578,9 +578,18 @@ def save_single_file(diffusers_folder: str | Path, out_file: str | Path, transfo
         return json.loads((folder / name / "config.json").read_text())
 
     if present("transformer"):
-        return _save_transformer_single_file(folder, index, config, out_file, transformer_only)
+        return _save_transformer_single_file(folder, index, config, out_file, denoiser_only)
     tensors = {"model.diffusion_model." + k: v for k, v in _ldm_unet(_component_weights(folder, "unet"), config("unet")).items()}
-    tensors.update({"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()})
+    if not denoiser_only:
+        tensors.update(_ldm_vae_and_text(folder, present, config))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
+    return out_file
+
+
+def _ldm_vae_and_text(folder: Path, present: Any, config: Any) -> dict[str, torch.Tensor]:
+    """SD 1.x / SDXL's VAE and text encoders in the LDM layout."""
+    tensors = {"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()}
     if present("text_encoder_2"):
         if present("text_encoder"):
             # diffusers tells SDXL's two encoders apart only by width (768 vs 1280 in the real model).
@@ -597,9 +606,7 @@ def save_single_file(diffusers_folder: str | Path, out_file: str | Path, transfo
         tensors.update(_ldm_open_clip(_component_weights(folder, "text_encoder_2"), second))
     elif present("text_encoder"):
         tensors.update(_ldm_clip(_component_weights(folder, "text_encoder"), "cond_stage_model.transformer."))
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
-    return out_file
+    return tensors
 
 
 # --- single-file SD3 / Flux (issue 18 item 7): the inverse of diffusers' transformer conversions ---
@@ -611,7 +618,7 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
 
 
 def _pop_all(w: dict[str, torch.Tensor], names: dict[str, str], src: str, dst: str) -> dict[str, torch.Tensor]:
-    """Move ``src+old.{weight,bias,scale}`` to ``dst+new.*`` for each pair present in ``w``."""
+    """Move ``src+old.{weight,bias}`` to ``dst+new.*`` for each pair present in ``w``."""
     out: dict[str, torch.Tensor] = {}
     for old, new in names.items():
         for kind in ("weight", "bias"):
@@ -732,7 +739,7 @@ def _sd3_text_and_vae(folder: Path, index: dict, config: Any) -> dict[str, torch
     return tensors
 
 
-def _save_transformer_single_file(folder: Path, index: dict, config: Any, out_file: Path, transformer_only: bool) -> Path:
+def _save_transformer_single_file(folder: Path, index: dict, config: Any, out_file: Path, denoiser_only: bool) -> Path:
     from safetensors.torch import save_file
 
     kind = index["transformer"][1]
@@ -740,7 +747,7 @@ def _save_transformer_single_file(folder: Path, index: dict, config: Any, out_fi
     if kind not in to_original:
         raise ValueError(f"no original single-file layout known for a {kind}")
     tensors = {"model.diffusion_model." + k: v for k, v in to_original[kind](_component_weights(folder, "transformer")).items()}
-    if not transformer_only:
+    if not denoiser_only:
         tensors.update(_sd3_text_and_vae(folder, index, config))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
