@@ -211,6 +211,21 @@ def test_uncached_hub_base_offline(sd3_path: Path, root: Path, monkeypatch: pyte
     _one_line(info, str(ckpt), "nobody/not-a-cached-model", "hub cannot be reached")
 
 
+@pytest.mark.parametrize(("components", "message"), [
+    ({"transformer": ["diffusers", "PixArtTransformer2DModel"]}, "cannot load a PixArtTransformer2DModel"),
+    ({"vae": ["diffusers", "AutoencoderKL"]}, "has no transformer or UNet"),
+])
+def test_base_without_a_loadable_denoiser(components: dict[str, list[str]], message: str, sd3_path: Path,
+                                          root: Path, tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline", **components}))
+    ckpt = save_single_file(sd3_path, root / "sd3-mmdit-4.safetensors", denoiser_only=True)
+    with pytest.raises(ModelLoadError) as info:
+        Editor.from_pretrained(ckpt, config=tmp_path, device="cpu")
+    _one_line(info, str(ckpt), message)
+
+
 def test_unrelated_file_with_base(sd3_path: Path, root: Path) -> None:
     from safetensors.torch import save_file
 
