@@ -4,7 +4,9 @@ Everything goes through diffusers' own ``from_pretrained`` / ``from_single_file`
 chooses the entry point, picks a device and dtype, loads the extra pipelines a family declares
 (:class:`diffdiff.families.base.PartSpec`: SDXL's refiner, Kandinsky's prior, IF's stages), and turns
 the usual wall of HTTP and OS errors into one line that tells the user what to do. A hub id is
-always tried from the local cache first, then from the hub only if it can be reached.
+always tried from the local cache first, then from the hub only if it can be reached. A file that
+holds only a transformer / UNet (``flux1-dev.safetensors``) is loaded as that component of the base
+model given as ``config=``, and component arguments may be such files (``transformer="x.safetensors"``).
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def _single_file_error(model: str, exc: BaseException, config: Any) -> ModelLoad
     if isinstance(exc, SingleFileComponentError):
         return ModelLoadError(f"single-file checkpoint '{model}' is incomplete or not in the original (LDM) layout: "
                               f"{_first_line(exc)}")
+    if "split_with_sizes" in text and "3072" in text:  # diffusers' Flux conversion assumes Flux.1's width
+        return ModelLoadError(f"'{model}' holds a Flux transformer narrower than Flux.1's 3072 channels, which "
+                              "diffusers' single-file conversion cannot read; load it from a diffusers folder")
     offline = ("localentrynotfound", "offline", "connection", "max retries", "couldn't connect",
                "cannot find the requested files", "resolve")
     if any(m in text for m in offline):
@@ -364,6 +369,101 @@ def _substitutes(index: dict[str, Any], model: str) -> dict[str, Any]:
         raise ModelLoadError(f"could not load the processor of '{model}': {first}") from exc
 
 
+# --- issue 18 item 7: a UNet / transformer alone in one file, the rest from its base model ---------
+#: Key prefixes of the parts a whole-pipeline checkpoint holds besides its denoiser (VAE, text encoders).
+_PIPELINE_PART_PREFIXES = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.")
+
+
+def _base_index(base: str) -> dict[str, Any]:
+    """The model_index.json of the base model (local folder, cache, then the hub)."""
+    index = model_index(base)
+    if index is not None:
+        return index
+    if Path(base).expanduser().exists() or base.startswith((".", "/", "~")):
+        raise ModelLoadError(f"base model '{base}' is not a diffusers model folder (no model_index.json)")
+    try:
+        return dict(_cache_then_hub(base, lambda **extra: diffusers.DiffusionPipeline.load_config(base, **extra)))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise _friendly(base, exc) from exc
+
+
+def load_component_file(path: str | os.PathLike[str], base: str, name: Optional[str] = None,
+                        torch_dtype: Optional[torch.dtype] = None) -> tuple[str, Any]:
+    """Load one model component (default: the base's transformer or UNet) from a single file.
+
+    ``base`` (a diffusers folder or hub id) gives the component's class and config; diffusers'
+    ``from_single_file`` converts an original-layout file (BFL's ``flux1-dev.safetensors``, an SD3
+    MMDiT, an LDM UNet) or takes diffusers-layout weights as they are. Returns (name, module).
+    """
+    file, base = Path(path).expanduser(), str(base)
+    if not file.is_file():
+        raise ModelLoadError(f"component file '{path}' does not exist")
+    try:
+        index = _base_index(base)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"the base model for '{path}': {exc}") from exc
+    components = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1] is not None]
+    name = name or next((n for n in ("transformer", "unet", "prior") if n in components), None)
+    if name is None or name not in components:
+        raise ModelLoadError(f"base model '{base}' has no {name or 'transformer or UNet'} for '{path}' to replace "
+                             f"(its components: {', '.join(components)})")
+    cls = getattr(diffusers, index[name][1], None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.FromOriginalModelMixin)):
+        raise ModelLoadError(f"diffusers cannot load a {index[name][1]} ({name} of '{base}') from a single file "
+                             f"like '{path}'; save it as a diffusers folder instead")
+    _checkpoint_shapes(file, str(path))  # a corrupt .safetensors fails here in one line
+
+    def load(**extra: Any) -> Any:
+        kw = dtype_kwargs(torch_dtype) if torch_dtype is not None else {}
+        return cls.from_single_file(str(file), config=base, subfolder=name, **kw, **extra)
+
+    try:
+        module = load() if Path(base).expanduser().exists() else _cache_then_hub(base, load)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"'{path}' cannot be loaded as the {name} ({cls.__name__}) of '{base}': "
+                             f"{_first_line(exc)}") from exc
+    return name, module
+
+
+def _denoiser_only(model: str, kw: dict[str, Any], dtype: torch.dtype) -> Optional[tuple[str, dict[str, Any]]]:
+    """For a .safetensors file holding only a UNet / transformer: (base model, ``kw`` with it loaded).
+
+    The base is ``config=`` (CLI: ``--model-config``): its other components, weights included, come
+    from there, as diffusers documents for ``flux1-dev.safetensors``. None for any other model.
+    """
+    path = Path(model).expanduser()
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    shapes = _checkpoint_shapes(path, model) or {}
+    if any(k.startswith(_PIPELINE_PART_PREFIXES) for k in shapes):
+        return None
+    rest = dict(kw)
+    base = rest.pop("config", None)
+    if base is None:
+        raise ModelLoadError(f"'{model}' holds no VAE or text-encoder weights: if it is a transformer / UNet alone, "
+                             "pass the base model it belongs to as config=<diffusers folder or hub id> "
+                             "(CLI: --model-config)")
+    checked = {"config": base}
+    _single_file_kwargs(model, checked)
+    base = checked["config"]
+    name, module = load_component_file(path, str(base), torch_dtype=dtype)
+    return str(base), {**rest, name: module}
+
+
+def _component_files(model: str, index: dict[str, Any], kw: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """Component arguments given as single files (``transformer="flux1-dev.safetensors"``), loaded."""
+    out = dict(kw)
+    for name, value in kw.items():
+        if (isinstance(value, (str, os.PathLike)) and str(value).endswith(SINGLE_FILE_SUFFIXES)
+                and isinstance(index.get(name), list)):
+            out[name] = load_component_file(value, model, name, torch_dtype=dtype)[1]
+    return out
+
+
 def load_family(
     model: str,
     parts: Optional[dict[str, Optional[str]]] = None,
@@ -377,7 +477,17 @@ def load_family(
     the family declares with a default is loaded even when not given (Kandinsky's prior).
     """
     wanted = {k: v for k, v in (parts or {}).items() if v is not None}
+    dtype = resolve_device_dtype(device, torch_dtype)[1]
+    swapped = _denoiser_only(str(model), kw, dtype)
+    if swapped is not None:  # a transformer / UNet file: the rest of the model comes from config=
+        base, kw = swapped
+        try:
+            return load_family(base, parts, device=device, torch_dtype=torch_dtype, **kw)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"'{model}' holds only a transformer / UNet; loading the rest from '{base}' "
+                                 f"failed: {exc}") from exc
     index = model_index(str(model)) or {}
+    kw = _component_files(str(model), index, kw, dtype)
     subs = _substitutes(index, str(model))  # processors transformers cannot build here (no torchvision)
     kw = {**subs, **kw}
     direct = load_as_class(index.get("_class_name"))

@@ -554,14 +554,17 @@ def _ldm_open_clip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     return out
 
 
-def save_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Path:
-    """Write a (tiny) SD 1.x / SDXL base / SDXL refiner diffusers folder as ONE original-layout file.
+def save_single_file(diffusers_folder: str | Path, out_file: str | Path, denoiser_only: bool = False) -> Path:
+    """Write a (tiny) SD 1.x / SDXL base / SDXL refiner / SD3 / Flux diffusers folder as ONE original-layout file.
 
     The result loads with ``<Pipeline>.from_single_file(out_file, config=diffusers_folder)``, i.e.
     through diffusers' real LDM conversion: UNet under ``model.diffusion_model.``, VAE under
     ``first_stage_model.``, CLIP under ``cond_stage_model.transformer.`` (SD) or
     ``conditioner.embedders.0.transformer.`` (SDXL), SDXL's second encoder in open-clip layout under
     ``conditioner.embedders.1.model.`` (``embedders.0`` for the refiner, which has only that one).
+    SD3 / Flux: the transformer in Stability's / BFL's layout under ``model.diffusion_model.``, the VAE
+    under ``first_stage_model.``, the text encoders under ``text_encoders.*``. ``denoiser_only``: the
+    UNet / transformer alone (a UNet fine-tune, ``flux1-dev.safetensors``).
     """
     from safetensors.torch import save_file
 
@@ -574,8 +577,19 @@ def save_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Path
     def config(name: str) -> dict:
         return json.loads((folder / name / "config.json").read_text())
 
+    if present("transformer"):
+        return _save_transformer_single_file(folder, index, config, out_file, denoiser_only)
     tensors = {"model.diffusion_model." + k: v for k, v in _ldm_unet(_component_weights(folder, "unet"), config("unet")).items()}
-    tensors.update({"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()})
+    if not denoiser_only:
+        tensors.update(_ldm_vae_and_text(folder, present, config))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
+    return out_file
+
+
+def _ldm_vae_and_text(folder: Path, present: Any, config: Any) -> dict[str, torch.Tensor]:
+    """SD 1.x / SDXL's VAE and text encoders in the LDM layout."""
+    tensors = {"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()}
     if present("text_encoder_2"):
         if present("text_encoder"):
             # diffusers tells SDXL's two encoders apart only by width (768 vs 1280 in the real model).
@@ -592,9 +606,182 @@ def save_single_file(diffusers_folder: str | Path, out_file: str | Path) -> Path
         tensors.update(_ldm_open_clip(_component_weights(folder, "text_encoder_2"), second))
     elif present("text_encoder"):
         tensors.update(_ldm_clip(_component_weights(folder, "text_encoder"), "cond_stage_model.transformer."))
+    return tensors
+
+
+# --- single-file SD3 / Flux (issue 18 item 7): the inverse of diffusers' transformer conversions ---
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """Original AdaLN weights hold (shift, scale), diffusers' (scale, shift): the swap is its own inverse."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def _pop_all(w: dict[str, torch.Tensor], names: dict[str, str], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """Move ``src+old.{weight,bias}`` to ``dst+new.*`` for each pair present in ``w``."""
+    out: dict[str, torch.Tensor] = {}
+    for old, new in names.items():
+        for kind in ("weight", "bias"):
+            if f"{src}{old}.{kind}" in w:
+                out[f"{dst}{new}.{kind}"] = w.pop(f"{src}{old}.{kind}")
+    return out
+
+
+def _fused(w: dict[str, torch.Tensor], parts: list[str], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """Concatenate separate projections (q, k, v[, mlp]) into the original fused one, weights and biases."""
+    return {f"{dst}.{kind}": torch.cat([w.pop(f"{src}{p}.{kind}") for p in parts], dim=0) for kind in ("weight", "bias")}
+
+
+def _check_empty(w: dict[str, torch.Tensor], what: str) -> None:
+    if w:
+        raise ValueError(f"no original-layout name for {what} weights {sorted(w)[:3]}")
+
+
+def sd3_original_transformer(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SD3 / SD 3.5 MMDiT weights in Stability's layout (inverse of
+    ``convert_sd3_transformer_checkpoint_to_diffusers``), without the ``model.diffusion_model.`` prefix."""
+    w = dict(weights)
+    out = {"pos_embed": w.pop("pos_embed.pos_embed")}
+    out.update(_pop_all(w, {"pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
+                            "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+                            "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+                            "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+                            "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+                            "proj_out": "final_layer.linear"}, "", ""))
+    out.update({f"final_layer.adaLN_modulation.1.{k}": _swap_halves(w.pop(f"norm_out.linear.{k}")) for k in ("weight", "bias")})
+    layers = sorted({int(k.split(".")[1]) for k in w if k.startswith("transformer_blocks.")})
+    for i in layers:
+        s, x, c = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        out.update(_fused(w, ["attn.to_q", "attn.to_k", "attn.to_v"], s, x + "attn.qkv"))
+        out.update(_fused(w, ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"], s, c + "attn.qkv"))
+        if f"{s}attn2.to_q.weight" in w:  # SD 3.5 medium's dual attention
+            out.update(_fused(w, ["attn2.to_q", "attn2.to_k", "attn2.to_v"], s, x + "attn2.qkv"))
+        out.update(_pop_all(w, {"attn.to_out.0": "attn.proj", "attn2.to_out.0": "attn2.proj", "norm1.linear": "adaLN_modulation.1",
+                                "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}, s, x))
+        out.update(_pop_all(w, {"attn.to_add_out": "attn.proj", "ff_context.net.0.proj": "mlp.fc1",
+                                "ff_context.net.2": "mlp.fc2"}, s, c))
+        for old, new in {"attn.norm_q": x + "attn.ln_q", "attn.norm_k": x + "attn.ln_k", "attn.norm_added_q": c + "attn.ln_q",
+                         "attn.norm_added_k": c + "attn.ln_k", "attn2.norm_q": x + "attn2.ln_q",
+                         "attn2.norm_k": x + "attn2.ln_k"}.items():
+            if f"{s}{old}.weight" in w:
+                out[f"{new}.weight"] = w.pop(f"{s}{old}.weight")
+        last = i == layers[-1]  # its context stream only feeds attention: one AdaLN pair, stored swapped
+        for kind in ("weight", "bias"):
+            t = w.pop(f"{s}norm1_context.linear.{kind}")
+            out[f"{c}adaLN_modulation.1.{kind}"] = _swap_halves(t) if last else t
+    _check_empty(w, "SD3 transformer")
+    return out
+
+
+def flux_original_transformer(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flux.1 transformer weights in Black Forest Labs' layout (inverse of
+    ``convert_flux_transformer_checkpoint_to_diffusers``), without the ``model.diffusion_model.`` prefix.
+
+    diffusers' conversion hard-codes Flux.1's width (3072) for the single blocks' fused projection, so
+    only full-width transformers convert back; narrower ones are written here but cannot be read there.
+    """
+    w = dict(weights)
+    out = _pop_all(w, {"time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+                       "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+                       "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+                       "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+                       "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+                       "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+                       "context_embedder": "txt_in", "x_embedder": "img_in", "proj_out": "final_layer.linear"}, "", "")
+    out.update({f"final_layer.adaLN_modulation.1.{k}": _swap_halves(w.pop(f"norm_out.linear.{k}")) for k in ("weight", "bias")})
+    scales = {"attn.norm_q": "img_attn.norm.query_norm.scale", "attn.norm_k": "img_attn.norm.key_norm.scale",
+              "attn.norm_added_q": "txt_attn.norm.query_norm.scale", "attn.norm_added_k": "txt_attn.norm.key_norm.scale"}
+    for i in sorted({int(k.split(".")[1]) for k in w if k.startswith("transformer_blocks.")}):
+        s, d = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        out.update(_fused(w, ["attn.to_q", "attn.to_k", "attn.to_v"], s, d + "img_attn.qkv"))
+        out.update(_fused(w, ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"], s, d + "txt_attn.qkv"))
+        out.update(_pop_all(w, {"norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
+                                "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0",
+                                "ff_context.net.2": "txt_mlp.2", "attn.to_out.0": "img_attn.proj",
+                                "attn.to_add_out": "txt_attn.proj"}, s, d))
+        out.update({d + new: w.pop(f"{s}{old}.weight") for old, new in scales.items()})
+    for i in sorted({int(k.split(".")[1]) for k in w if k.startswith("single_transformer_blocks.")}):
+        s, d = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        out.update(_fused(w, ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"], s, d + "linear1"))
+        out.update(_pop_all(w, {"norm.linear": "modulation.lin", "proj_out": "linear2"}, s, d))
+        out[d + "norm.query_norm.scale"] = w.pop(f"{s}attn.norm_q.weight")
+        out[d + "norm.key_norm.scale"] = w.pop(f"{s}attn.norm_k.weight")
+    _check_empty(w, "Flux transformer")
+    return out
+
+
+def _sd3_text_and_vae(folder: Path, index: dict, config: Any) -> dict[str, torch.Tensor]:
+    """VAE under ``first_stage_model.``; CLIP-L / CLIP-G / T5 under ``text_encoders.{clip_l,clip_g,t5xxl}.transformer.``
+    (the layout of ``sd3.5_medium.safetensors`` and of ComfyUI's full Flux checkpoints)."""
+    tensors = {"first_stage_model." + k: v for k, v in _ldm_vae(_component_weights(folder, "vae"), config("vae")).items()}
+    clips = [n for n in ("text_encoder", "text_encoder_2") if (index.get(n) or [None, None])[1] in ("CLIPTextModel",
+                                                                                                  "CLIPTextModelWithProjection")]
+    t5s = [n for n in ("text_encoder_2", "text_encoder_3") if (index.get(n) or [None, None])[1] == "T5EncoderModel"]
+    widths = [config(n)["hidden_size"] for n in clips]
+    if len(set(widths)) < len(widths):
+        # diffusers tells CLIP-L from CLIP-G only by width (768 vs 1280 in the real models)
+        raise ValueError(f"both CLIP encoders are {widths[0]} wide: diffusers' single-file loader would load CLIP-L "
+                         "twice; build the model with build_tiny_sd3_distinct()")
+    for name, slot in zip(clips, ("clip_l", "clip_g")):
+        w = {("" if k.startswith(("text_model.", "text_projection")) else "text_model.") + k: v
+             for k, v in _component_weights(folder, name).items()}
+        if slot == "clip_l" and "text_projection.weight" in w:
+            # the files hold no CLIP-L projection: diffusers sets it to the identity
+            proj = w.pop("text_projection.weight")
+            if not torch.equal(proj, torch.eye(proj.shape[0], dtype=proj.dtype)):
+                raise ValueError("CLIP-L's text projection is not the identity, which is all a single file can hold; "
+                                 "build the model with build_tiny_sd3_distinct()")
+        tensors.update({f"text_encoders.{slot}.transformer.{k}": v for k, v in w.items()})
+    for name in t5s:
+        w = _component_weights(folder, name)
+        w.setdefault("encoder.embed_tokens.weight", w["shared.weight"].clone())  # tied; saved once
+        tensors.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in w.items()})
+    return tensors
+
+
+def _save_transformer_single_file(folder: Path, index: dict, config: Any, out_file: Path, denoiser_only: bool) -> Path:
+    from safetensors.torch import save_file
+
+    kind = index["transformer"][1]
+    to_original = {"SD3Transformer2DModel": sd3_original_transformer, "FluxTransformer2DModel": flux_original_transformer}
+    if kind not in to_original:
+        raise ValueError(f"no original single-file layout known for a {kind}")
+    tensors = {"model.diffusion_model." + k: v for k, v in to_original[kind](_component_weights(folder, "transformer")).items()}
+    if not denoiser_only:
+        tensors.update(_sd3_text_and_vae(folder, index, config))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
     return out_file
+
+
+def build_tiny_sd3_distinct(path: str | Path, seed: int = 0) -> Path:
+    """A tiny SD 3.5-medium-like pipeline that survives the single-file round trip.
+
+    As in the real model, CLIP-G (48) is wider than CLIP-L (32) and CLIP-L's projection is the
+    identity (what diffusers assumes for a file); the MMDiT has SD 3.5's QK-norm and a dual-attention
+    layer, so those conversion paths are exercised too.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    path = Path(path)
+    tok_dir = path.parent / f".tok-{path.name}"
+    t5_tok, t5 = _t5_parts(tok_dir / "t5", d_model=80, seed=seed + 2)
+    clip_l = _clip_text_encoder(32, projection=True, seed=seed)
+    with torch.no_grad():
+        clip_l.text_projection.weight.copy_(torch.eye(32))
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=80, caption_projection_dim=32, pooled_projection_dim=80, out_channels=16,
+        pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
+    ).eval()
+    StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
+        text_encoder=clip_l, tokenizer=_tokenizer(tok_dir / "clip"),
+        text_encoder_2=_clip_text_encoder(48, projection=True, seed=seed + 1), tokenizer_2=_tokenizer(tok_dir / "clip"),
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    ).save_pretrained(path)
+    return path
 
 
 def build_tiny_sdxl_distinct(path: str | Path, seed: int = 0, scheduler: str = "euler", width_2: int = 48) -> Path:
