@@ -23,6 +23,7 @@ from .addons import Addons, addons_of, load_addons
 from .automap import auto_map
 from .changemap import MapLike, Polarity, prepare_change_map, to_latent_map
 from .changemap import paste_back as paste_back_pixels
+from .compat import mend_pipeline
 from .errors import DiffDiffError, DiffDiffWarning, PipelineArgumentError
 from .families import Adapter, Job, RunInfo, adapter_for
 from .families.base import Trajectory
@@ -68,6 +69,8 @@ class Editor:
             pipe, refiner=as_img2img(refiner) if refiner is not None else None,
             prior=prior, stage_2=stage_2, stage_3=stage_3,
         )
+        for part in self.adapter.pipelines():
+            mend_pipeline(part)  # library version skew (diffdiff.compat)
         if refiner is not None:
             self.refiner_start = refiner_start
         elif not 0 < refiner_start < 1:
