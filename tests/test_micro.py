@@ -163,6 +163,12 @@ def test_fan_change_rises_with_strength(micro: Editor) -> None:
     assert summary.spearman_of_means >= FLOORS["fan_spearman"], summary.means
 
 
+def test_position_balanced_bands_cover_each_level(micro: Editor) -> None:
+    row = quality.band_adherence_balanced(micro, [heldout(0)], STEPS)[0]
+    assert len(row.changes) == len(quality.BANDS)
+    assert row.changes[0] == 0.0 and min(row.changes[1:]) > 0  # level 0 is kept at every position
+
+
 def test_band_summary_reads_the_floor_on_the_means() -> None:
     """Per-image orders may cross while the means rise; a flat band fails the floor and its rise bound."""
     rising = [quality.Bands([0, 10, 30, 20, 40], 0.9), quality.Bands([0, 20, 10, 40, 50], 0.9)]
