@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from PIL import Image
 from schemathesis.core.failures import AcceptedNegativeData
-from schemathesis.core.mutations import OperatorKind
 from schemathesis.core.transforms import to_wire_text
 from schemathesis.openapi.checks import RejectedPositiveData
 
@@ -61,12 +60,12 @@ for _media_type, _fmt in FORMATS.items():
     schemathesis.openapi.media_type(_media_type, image_bytes(_fmt))
 
 
-def form_properties(raw: dict[str, Any], path: str) -> dict[str, Any]:
-    """The multipart body properties of ``POST path`` in the OpenAPI document ``raw``."""
+def form_schema(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    """The multipart body schema of ``POST path`` in the OpenAPI document ``raw`` (empty if none)."""
     body = raw["paths"].get(path, {}).get("post", {}).get("requestBody", {}).get("content", {}).get("multipart/form-data")
     if not body:
         return {}
-    return dict(raw["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"])
+    return dict(raw["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]])
 
 
 def text_is_valid(text: str, schema: dict[str, Any]) -> bool:
@@ -105,10 +104,12 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     """Keep every failure but a negative case that multipart text made valid again.
 
     A form part is text: a string field "mutated" to the integer 5 arrives as the text "5", a
-    valid string; a number field sent the integer 3 arrives as "3", a valid number. Schemathesis
-    exempts such type changes for query and path parameters but not (4.32) for form bodies. A
-    change-type mutation is exempt here only when the text actually sent is itself the spelling
-    of a schema-valid value of that field.
+    valid string; a number field sent the integer 3 arrives as "3", a valid number; a one-item
+    array arrives as one part, the same bytes as its item, an empty one as no part at all; a string "too long" for the empty-means-
+    default branch may spell a valid number. Schemathesis exempts such type changes for query and
+    path parameters but not (4.32) for form bodies. A mutation is exempt here only when the text
+    actually sent for every mutated field is itself the spelling of a schema-valid value of that
+    field (what reaches the server is then a valid request).
 
     And a positive case the server answered 422 with the pipeline's own refusal of a
     ``pipeline_kwargs`` value (:class:`diffdiff.errors.PipelineArgumentError`): the schema gives
@@ -120,11 +121,17 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     if not isinstance(failure, AcceptedNegativeData) or not isinstance(case.body, dict) or case.meta is None:
         return True
     mutations = getattr(case.meta.phase.data, "mutations", None) or []
-    props = form_properties(case.operation.schema.raw_schema, case.path)
+    schema = form_schema(case.operation.schema.raw_schema, case.path)
+    props, required = schema.get("properties", {}), set(schema.get("required", []))
     for m in mutations:
-        name = m.schema_pointer.removeprefix("/properties/")
-        if m.operator != OperatorKind.CHANGE_TYPE or name not in props or name not in case.body:
+        name = m.schema_pointer.removeprefix("/properties/").split("/", 1)[0]
+        if name not in props or name not in case.body:
             return True
-        if not text_is_valid(to_wire_text(case.body[name]), props[name]):
+        value = case.body[name]
+        if isinstance(value, list) and not value and name not in required:
+            continue  # an empty array travels as no part at all: the optional field is left out
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]  # a one-item array travels as one form part: the same bytes as the item
+        if isinstance(value, (list, dict)) or not text_is_valid(to_wire_text(value), props[name]):
             return True
     return not mutations
