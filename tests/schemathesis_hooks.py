@@ -68,10 +68,21 @@ def form_schema(raw: dict[str, Any], path: str) -> dict[str, Any]:
     return dict(raw["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]])
 
 
+#: Boolean spellings a form part may use (the fields' descriptions: ``diffdiff.web.api.BOOL_TEXT``).
+BOOL_SPELLINGS = {"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"}
+
+
+def _allows_boolean(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "boolean" or any(b.get("type") == "boolean" for b in schema.get("anyOf", []))
+
+
 def text_is_valid(text: str, schema: dict[str, Any]) -> bool:
-    """Whether form text is a valid value of ``schema``, read as a string or as a JSON literal."""
+    """Whether form text is a valid value of ``schema``, read as a string, a boolean spelling (where
+    the field is a boolean) or a JSON literal."""
     validator = Draft202012Validator(schema)
     if validator.is_valid(text):
+        return True
+    if _allows_boolean(schema) and text.strip().lower() in BOOL_SPELLINGS:
         return True
     try:
         return bool(validator.is_valid(json.loads(text)))

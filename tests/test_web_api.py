@@ -130,6 +130,22 @@ def test_edit_and_fan_skip_frozen_fields(client: TestClient, image: Image.Image)
     assert read_metadata(Image.open(io.BytesIO(r.content)))["skip_frozen"] is False
 
 
+@pytest.mark.parametrize(("text", "value"), [("1", True), ("Yes", True), ("on", True), ("0", False), ("off", False),
+                                            ("F", False)])
+def test_boolean_fields_take_the_spellings_the_schema_names(client: TestClient, image: Image.Image, text: str,
+                                                            value: bool) -> None:
+    """Each boolean field's description lists its form spellings (``BOOL_TEXT``); the server reads them so."""
+    from diffdiff.web.api import BOOL_TEXT
+
+    schema = client.get("/openapi.json").json()
+    props = next(c["properties"] for c in schema["components"]["schemas"].values() if "skip_frozen" in c.get("properties", {}))
+    assert BOOL_TEXT in props["skip_frozen"]["description"]
+    r = client.post("/api/edit", files=edit_files(image, half_map(96, 64)),
+                    data={"prompt": "x", "steps": STEPS, "seed": "2", "skip_frozen": text})
+    assert r.status_code == 200, r.text
+    assert read_metadata(Image.open(io.BytesIO(r.content)))["skip_frozen"] is value
+
+
 # bad requests -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("fields", "needle"),

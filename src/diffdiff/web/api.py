@@ -233,6 +233,10 @@ def guard_api_paths(app: FastAPI, router: APIRouter) -> None:
 EMPTY_MEANS_DEFAULT = {"type": "string", "maxLength": 0, "description": "empty: the default"}
 
 
+#: How a boolean form part may be spelled (pydantic's reading of text as a boolean, case-insensitive).
+BOOL_TEXT = "Form text: true / false (also 1 / 0, yes / no, on / off, t / f, y / n)."
+
+
 def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
     """A multipart field's schema as it travels on the wire.
 
@@ -250,6 +254,8 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
         for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             if isinstance(prop.get(key), float) and prop[key].is_integer():
                 prop[key] = int(prop[key])
+    if prop.get("type") == "boolean":
+        prop["description"] = (prop.get("description", "") + " " + BOOL_TEXT).strip()
     is_text = prop.get("type") == "string" and "enum" not in prop
     if not required and not is_text and "anyOf" not in prop:
         meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
