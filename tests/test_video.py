@@ -411,3 +411,11 @@ def test_frame_sizes_off_the_model_grid_come_back_at_their_own_size(wan: Editor)
     assert all(np.array_equal(g[:, :20], s[:, :20]) for g, s in zip(_arrays(out), _arrays(odd)))
     ww, wh = wan.last_run.work_size
     assert ww % 16 == 0 and wh % 16 == 0 and (ww, wh) != (40, 28)
+
+
+def test_video_pipeline_kwargs_are_checked_like_image_ones(wan: Editor, clip: list[Image.Image]) -> None:
+    cmap = np.ones((clip[0].height, clip[0].width), np.float32)
+    with pytest.raises(DiffDiffError, match="not_an_argument"):
+        wan.edit_video(clip, cmap, "a cat", num_inference_steps=2, seed=0, pipeline_kwargs={"not_an_argument": 1})
+    with pytest.raises(DiffDiffError, match=r"^pipeline_kwargs \(max_sequence_length\): the pipeline refused them"):
+        wan.edit_video(clip, cmap, "a cat", num_inference_steps=2, seed=0, pipeline_kwargs={"max_sequence_length": -3})

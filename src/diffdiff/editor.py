@@ -10,8 +10,10 @@ untouched pixels, metadata). The per-step rule itself lives in :mod:`diffdiff.co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
@@ -337,15 +339,23 @@ class Editor:
         """
         # Tiled/sliced VAE above a size (diffdiff.perf); here so fan, soft-inpaint and DiffEdit get it too.
         configure_memory(self, *self.work_size(*source.size))
+        with self._caller_inputs(request):
+            out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+        return out
+
+    @contextlib.contextmanager
+    def _caller_inputs(self, request: EditRequest) -> Iterator[None]:
+        """Around one pipeline run: check the inputs diffdiff passes on unread (``pipeline_kwargs``
+        names, ``reference_images``), and report the pipeline failing on them as the caller's input."""
         if request.reference_images and not getattr(self.adapter, "takes_references", False):
             raise DiffDiffError(f"reference_images are for instruction-edit pipelines that take several images "
                                 f"(Qwen-Image-Edit-Plus); {type(self.pipe).__name__} takes none")
         if not request.pipeline_kwargs and not request.reference_images:
-            out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
-            return out
+            yield
+            return
         check_call_arguments(self.pipe, request.pipeline_kwargs)
         try:
-            out, self.last_run = self.adapter.run(Job(source, change, request.with_seed(), trajectory))
+            yield
         except (DiffDiffError, MemoryError):
             raise
         except Exception as exc:  # the pipeline refused a value it was given by name: the caller's input
@@ -354,7 +364,6 @@ class Editor:
                 given["reference_images"] = request.reference_images
             raise PipelineArgumentError(given, exc, "reference_images" if not request.pipeline_kwargs else None) \
                 from exc
-        return out
 
     # video (logic in videoedit.py / video.py) ----------------------------------------------------
     def edit_video(
@@ -387,8 +396,9 @@ class Editor:
             guidance_scale=guidance_scale, strength=strength, seed=seed, polarity=polarity, output_type=output_type,
             paste_back=paste_back, pipeline_kwargs=dict(pipeline_kwargs or {}), metadata=dict(metadata or {}),
         )
-        out, self.last_run = videoedit.edit_video(self.adapter, self.model_name, video, change_map, request,
-                                                  map_ramp, max_frames, self.max_pixels)
+        with self._caller_inputs(request):
+            out, self.last_run = videoedit.edit_video(self.adapter, self.model_name, video, change_map, request,
+                                                      map_ramp, max_frames, self.max_pixels)
         return out
 
     # soft-inpainting and the strength fan (logic in softinpaint.py / fan.py) ----------------------
