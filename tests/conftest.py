@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,14 @@ from diffdiff.testing import build_tiny_sd, build_tiny_sdxl, gradient_map, sampl
 torch.set_num_threads(1)
 quiet_third_party(True)
 warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads_back_after_each_module() -> Iterator[None]:
+    """A module that changes torch's thread count (the micro model runs on 2) gives it back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -22,15 +22,6 @@ from diffdiff.testing import sample_image
 REGION = (slice(2, 5), slice(4, 7))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 8x8-latent UNets are too small to gain from threads; on a shared machine two threads spin.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class PromptInRegionUNet(torch.nn.Module):
     """A stand-in UNet: prompt-independent output, plus a prompt-dependent term ONLY in ``REGION``.
 

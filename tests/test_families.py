@@ -10,7 +10,6 @@ img2img pipeline for the same seed bit for bit (compared in latent space).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +36,6 @@ from diffdiff.testing import (
 STEPS = 4
 HALF = np.zeros((64, 64), np.float32)
 HALF[:, 32:] = 1.0  # left half keep, right half change
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # These tiny models are dominated by thread hand-offs: one thread is several times faster on a
-    # shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

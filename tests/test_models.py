@@ -11,7 +11,6 @@ text-to-image pipeline gives the sibling's latents bit for bit for the same seed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +58,6 @@ BUILDERS = {  # name: (builder, the pipeline the editor drives, the family detec
     "z_image": (build_tiny_z_image, "ZImageImg2ImgPipeline", "generic"),  # diffusers' img2img, driven as is
 }
 OWN = [name for name, spec in BUILDERS.items() if spec[2] == "own-noise"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ image, computed here from diffusers' parts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,6 @@ BUILDERS = {  # name: (builder, the pipeline the editor drives, the family detec
     "kolors": (build_tiny_kolors, "KolorsImg2ImgPipeline", "generic"),
     "hidream": (build_tiny_hidream, "HiDreamImagePipeline", "own-noise"),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

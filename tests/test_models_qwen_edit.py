@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,6 @@ BUILDERS = {  # name: (builder, the pipeline the editor drives)
     "edit": (build_tiny_qwen_image_edit, "QwenImageEditPipeline"),
     "edit_plus": (build_tiny_qwen_image_edit_plus, "QwenImageEditPlusPipeline"),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ encoded here with the VAE directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ PROMPT = "a red cat"
 HALF = np.zeros((64, 64), np.float32)
 HALF[:, 32:] = 1.0  # left half keep, right half change
 ONE = np.ones((64, 64), np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
