@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 # run.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
-from run import HERE, machine  # type: ignore[import-not-found]  # same machine line as the main table
+from harness import HERE, machine, write_section  # type: ignore[import-not-found]  # same machine line as the main table
 
 HEADING = "## Batch"
 SRC = str(HERE.parent / "src")
@@ -141,17 +141,6 @@ def table(res: dict[str, Any], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the ``## Batch`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else "# diffdiff benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=12, help="rows for the batch and Ray modes")
@@ -167,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = table(res, time.perf_counter() - t0)
     print(text)
     if not args.no_write:
-        write_section(args.output, text)
+        write_section(args.output, HEADING, text)
         print(f"wrote the '{HEADING}' section of {args.output}")
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import re
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import HERE, PROMPT, machine, network_calls, own_code_ms, quartiles, quiet, secs, threads, timings  # noqa: E402  # type: ignore[import-not-found]
+from harness import (  # noqa: E402  # type: ignore[import-not-found]
+    HERE,
+    PROMPT,
+    machine,
+    network_calls,
+    own_code_ms,
+    quartiles,
+    quiet,
+    secs,
+    threads,
+    timings,
+    write_section,
+)
 
 HEADING = "## Video"
 
@@ -88,17 +99,6 @@ def section(rows: list[str], mode: str, seconds: float, n_threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the ``## Video`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else "# diffdiff benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -114,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = bench(frames_n, size, steps, reps)
     text = section(rows, "quick" if args.quick else "full", time.perf_counter() - t0, torch.get_num_threads())
     if not args.no_write:
-        write_section(args.output, text)
+        write_section(args.output, HEADING, text)
         print(f"wrote the '{HEADING}' section of {args.output}")
     return 0
 

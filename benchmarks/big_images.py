@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 # harness.py sets the offline hub, passive OpenMP waiting and quiet warnings on import, before torch loads.
-from harness import HERE, PROMPT, machine  # same machine line as the main benchmark table
+from harness import HERE, PROMPT, machine, write_section  # same machine line as the main benchmark table
 
 HEADING = "## Big images"
 MIB = 2**20
@@ -103,18 +102,6 @@ def section(rows: list[dict[str, Any]], failures: list[str], steps: int, threads
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the ``## Big images`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else "# diffdiff benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + ("\n" if not text.endswith("\n\n") else ""), old, count=1)
-        new = new.rstrip("\n") + "\n"
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1024,2048,4096", help="comma list of square image sides")
@@ -159,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.no_write:
         print(text)
     else:
-        write_section(args.output, text)
+        write_section(args.output, HEADING, text)
         print(f"wrote the '{HEADING}' section of {args.output}")
     return 0 if not failures else 1
 

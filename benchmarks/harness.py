@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 import warnings
@@ -205,3 +206,17 @@ def own_code_ms(ed: Any, edit: Callable[[], Any], n: int) -> float:
             else:
                 cls.__call__ = call
     return (total - spent["pipelines"] + spent["hook"]) / n * 1000
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the ``heading`` section of the results file ``path`` (up to the next ``## `` heading) with
+    ``text``, or append it; the file is replaced atomically. For scripts that own one section."""
+    old = path.read_text() if path.exists() else "# diffdiff benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _m: text.rstrip("\n") + "\n\n", old, count=1).rstrip("\n") + "\n"
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
