@@ -117,23 +117,37 @@ def _byte_level_tokenizer(folder: Path, specials: tuple[str, ...]):
     return tok
 
 
+def _qwen_image_transformer(seed: int) -> Any:
+    """The tiny Qwen-Image MMDiT (Qwen-Image and its edit pipelines share it)."""
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    ).eval()
+
+
+def _qwen_text_config(tok: Any) -> dict[str, Any]:
+    """The tiny Qwen2.5-VL's language half over ``tok`` (shared by Qwen-Image and its edit pipelines)."""
+    return {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "vocab_size": len(tok),
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id}
+
+
 def build_tiny_qwen_image(path: str | Path, seed: int = 0) -> Path:
     """Qwen-Image: MMDiT on 2x2-packed latents of a 5-D (frame-axis) VAE with latents_mean/std."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     path = Path(path)
     tok = _byte_level_tokenizer(path.parent / f".tok-{path.name}", ("<|im_start|>", "<|im_end|>"))
-    torch.manual_seed(seed)
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    ).eval()
+    transformer = _qwen_image_transformer(seed)
     torch.manual_seed(seed)
     z_dim = 4
     vae = AutoencoderKLQwenImage(
@@ -142,10 +156,7 @@ def build_tiny_qwen_image(path: str | Path, seed: int = 0) -> Path:
     ).eval()
     vocab = len(tok)
     config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 2, "vocab_size": vocab,
-                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                     "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id},
+        text_config=_qwen_text_config(tok),
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
         hidden_size=16, vocab_size=vocab, vision_end_token_id=vocab + 1, vision_start_token_id=vocab + 2,
         vision_token_id=vocab + 3, image_token_id=vocab + 4, video_token_id=vocab + 5,
@@ -498,7 +509,7 @@ _QWEN_VL_MAX_PIXELS = 56 * 56
 def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
     """Qwen-Image's tiny transformer and VAE, a Qwen2.5-VL with a vision tower, and a Qwen2VLProcessor."""
     import diffusers
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -520,11 +531,7 @@ def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
     else:  # transformers cannot build the video half without torchvision: saved as a real folder's
         # Qwen2VLProcessor all the same, which diffdiff.loading reads back image-only too
         processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok)
-    torch.manual_seed(seed)
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    ).eval()
+    transformer = _qwen_image_transformer(seed)
     torch.manual_seed(seed)
     z_dim = 4
     # four levels (x8, the real geometry): the pipelines encode their reference at ~1 MP whatever the
@@ -536,10 +543,7 @@ def _tiny_qwen_image_edit(path: Path, pipeline_class: str, seed: int) -> Path:
     ).eval()
     vocab = len(tok)
     config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 2, "vocab_size": vocab,
-                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                     "rope_theta": 1000000.0, "bos_token_id": tok.pad_token_id, "eos_token_id": tok.pad_token_id},
+        text_config=_qwen_text_config(tok),
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
                        "fullatt_block_indexes": [0]},

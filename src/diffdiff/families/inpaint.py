@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ..hook import DifferentialStep
 from ..inpaint import FluxFillMasks, InpaintMasks, is_inpaint_checkpoint
-from .base import Job, PartSpec, Work, lineage
+from .base import Job, PartSpec, Work
 from .flow import FluxAdapter
 from .sd import StableDiffusionAdapter, StableDiffusionXLAdapter
 
@@ -29,7 +29,7 @@ class InpaintMasksMixin:
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
-        return bool(lineage(pipe) & set(cls.pipeline_classes)) and is_inpaint_checkpoint(pipe)
+        return super().matches(pipe) and is_inpaint_checkpoint(pipe)  # type: ignore[misc]
 
     def stage_callback(self, hook: DifferentialStep, kwargs: dict[str, Any], work: Work, job: Job,
                        planned: int) -> tuple[Any, dict[str, Any]]:
@@ -59,4 +59,4 @@ class FluxFillAdapter(InpaintMasksMixin, FluxAdapter):
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
-        return bool(lineage(pipe) & set(cls.pipeline_classes))
+        return super(InpaintMasksMixin, cls).matches(pipe)  # type: ignore[misc]  # every Flux Fill model inpaints
