@@ -347,7 +347,7 @@ class Editor:
     def _caller_inputs(self, request: EditRequest) -> Iterator[None]:
         """Around one pipeline run: check the inputs diffdiff passes on unread (``pipeline_kwargs``
         names, ``reference_images``), and report the pipeline failing on them as the caller's input."""
-        if request.reference_images and not getattr(self.adapter, "takes_references", False):
+        if request.reference_images and not self.adapter.reference_image:
             raise DiffDiffError(f"reference_images are for instruction-edit pipelines that take several images "
                                 f"(Qwen-Image-Edit-Plus); {type(self.pipe).__name__} takes none")
         if not request.pipeline_kwargs and not request.reference_images:

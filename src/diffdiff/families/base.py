@@ -174,8 +174,9 @@ class Adapter:
     pass_size: ClassVar[bool] = False
     #: the family's map-driven edits support automatic maps and DiffEdit (its UNet is called directly)
     text_maps: ClassVar[bool] = False
-    #: the pipeline takes ``EditRequest.reference_images`` after the input (instruction edits)
-    takes_references: bool = False
+    #: instruction edits: the input image is also the model's reference, and ``EditRequest.reference_images``
+    #: follow it (:meth:`diffdiff.Editor.run` refuses them elsewhere)
+    reference_image: bool = False
 
     def __init__(self, pipe: Any, **parts: Any) -> None:
         self.pipe = pipe

@@ -146,10 +146,7 @@ class OwnNoiseAdapter(Adapter):
         super().__init__(form, **parts)
         self.codec = LatentCodec.of(form)
         self.noise_method = noise_method(form.scheduler)  # type: ignore[misc]
-        #: instruction-edit pipelines: the input image is also the model's reference
-        self.reference_image = "image" in call_parameter_names(form)
-        #: ``request.reference_images`` go to the pipeline after the input (:meth:`Editor.run` checks)
-        self.takes_references = self.reference_image
+        self.reference_image = "image" in call_parameter_names(form)  # an instruction-edit pipeline
         #: requested work size -> the size the pipeline generates at, where they differ (learned)
         self.chosen_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
