@@ -122,6 +122,41 @@ def test_normalise_map_is_robust_to_outliers() -> None:
     assert float(out.max()) == 1.0
     assert abs(float(out[0, 0, 4, 4]) - 1 / 3) < 1e-6  # the background keeps DiffEdit's level 1/ratio
     assert float(normalise_map(torch.zeros(1, 1, 4, 4)).max()) == 0.0
+    two = torch.ones(1, 1, 8, 8)
+    two[0, 0, 0, :2] = 1000.0  # nor can two: the peak is the third-largest cell
+    assert abs(float(normalise_map(two, clamp_ratio=3.0)[0, 0, 4, 4]) - 1 / 3) < 1e-6
+
+
+def test_normalise_map_without_peak_is_diffusers_cut() -> None:
+    """README: peak_ratio=0, clamp_ratio=3 is diffusers' generate_mask cut (its code, on a mean that
+    ignores the top 1 % of cells)."""
+    g = torch.Generator().manual_seed(0)
+    raw = torch.rand(1, 1, 32, 32, generator=g) ** 3
+    flat = raw.flatten().double()
+    mean = flat.clamp(max=float(torch.quantile(flat, 0.99, interpolation="lower"))).mean()
+    # diffusers.StableDiffusionDiffEditPipeline.generate_mask, mask_thresholding_ratio=3.0:
+    clamp_magnitude = mean * 3.0
+    semantic = raw.double().clamp(0, clamp_magnitude) / clamp_magnitude
+    theirs = torch.where(semantic <= 0.5, 0, 1).bool()
+    ours = normalise_map(raw, clamp_ratio=3.0, peak_ratio=0.0) > 0.5
+    assert torch.equal(ours, theirs) and 0 < int(ours.sum()) < raw.numel()
+
+
+def test_normalise_map_marks_a_large_object_the_mean_rule_misses() -> None:
+    """``map > 0.5`` is the cells above peak_ratio/2 of the peak and above clamp_ratio/2 of the mean."""
+    raw = torch.ones(1, 1, 16, 16)
+    raw[0, 0, :8, :8] = 5.0  # a quarter of the map, 5x the rest: the mean is 2
+    obj = torch.zeros(16, 16, dtype=torch.bool)
+    obj[:8, :8] = True
+    assert not (normalise_map(raw, clamp_ratio=7.0, peak_ratio=0.0)[0, 0] > 0.5).any()  # the mean rule at 3.5x: 7 > 5
+    assert torch.equal(normalise_map(raw, clamp_ratio=3.0, peak_ratio=0.8)[0, 0] > 0.5, obj)  # > 2 and > 3
+    assert torch.equal(normalise_map(raw, clamp_ratio=3.0, peak_ratio=0.0)[0, 0] > 0.5, obj)  # diffusers: > 3
+    # the peak term removes what diffusers' rule keeps: a faint halo at 3.5 (above 1.5x the mean, below 40 % of 9)
+    raw[0, 0, 0, 0] = raw[0, 0, 0, 1] = raw[0, 0, 1, 0] = 9.0
+    raw[0, 0, 12:, 12:] = 3.5
+    halo = normalise_map(raw, clamp_ratio=3.0, peak_ratio=0.0)[0, 0] > 0.5
+    peak = normalise_map(raw, clamp_ratio=3.0, peak_ratio=0.8)[0, 0] > 0.5
+    assert halo[12:, 12:].all() and not peak[12:, 12:].any() and peak[:8, :8].all()
 
 
 # --------------------------------------------------------------------------------------- inversion

@@ -3,9 +3,10 @@
 Noise the image to one timestep with several noise draws, predict the noise under a *source*
 prompt (what the image shows) and a *target* prompt (the edit), and average
 |eps_target - eps_source| over draws and channels (DiffEdit, Couairon et al. 2022). DiffEdit
-thresholds this into a binary mask; :func:`auto_map` returns it *continuous* (smoothed with
-:func:`diffdiff.maps.gaussian_blur`, robustly normalised to [0, 1]) so Differential Diffusion can
-fade the edit out where the model is unsure.
+thresholds this into a binary mask; :func:`auto_map` returns it *continuous* (optionally smoothed
+with :func:`diffdiff.maps.gaussian_blur`, scaled to [0, 1] by :func:`normalise_map`) so
+Differential Diffusion can fade the edit out where the model is unsure. The defaults (noise level,
+smoothing, scaling) live in :mod:`diffdiff.mapsettings`.
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ from .denoise import Conditioning, NoisePredictor, encode_image, require_family,
 from .errors import DiffDiffError
 from .io import ImageLike, image_sha256, load_image
 from .maps import gaussian_blur
+from .mapsettings import MAP_CLAMP_RATIO, MAP_ENCODE_STRENGTH, MAP_NUM_MAPS, MAP_PEAK_RATIO, MAP_SMOOTH
 from .protocol import EditorLike
 from .request import check_prompt, check_seed, is_int, is_number
 from .version import __version__
 
 #: Noise draws evaluated per denoiser call in :func:`auto_map` (bounds memory on large images).
 _DRAWS_PER_BATCH = 4
-#: Automatic-map defaults, picked by what localises best on the trained micro model
-#: (benchmarks/QUALITY.md, "Automatic map"): light smoothing, and white at 7x the mean, so that
-#: ``map > 0.5`` (diffedit's threshold) marks cells whose difference exceeds 3.5x the mean.
-MAP_SMOOTH = 0.5
-MAP_CLAMP_RATIO = 7.0
+#: The peak is the n-th largest cell, so that one or two hot cells cannot darken the rest.
+_PEAK_RANK = 3
 
 
 def validate_map_params(
     source_prompt: Any, target_prompt: Any, num_maps: Any, encode_strength: Any, seed: Any,
-    clamp_ratio: Any = 3.0, smooth: Any = 1.0,
+    clamp_ratio: Any = MAP_CLAMP_RATIO, smooth: Any = MAP_SMOOTH, peak_ratio: Any = MAP_PEAK_RATIO,
 ) -> None:
     """Raise :class:`DiffDiffError` naming the first bad :func:`auto_map` parameter."""
     check_prompt(source_prompt, "source prompt")
@@ -51,21 +50,34 @@ def validate_map_params(
         raise DiffDiffError(f"clamp_ratio must be a positive number, got {clamp_ratio!r}")
     if not is_number(smooth) or smooth < 0:
         raise DiffDiffError(f"smooth must be a number >= 0, got {smooth!r}")
+    if not is_number(peak_ratio) or not 0 <= peak_ratio <= 1:
+        raise DiffDiffError(f"peak_ratio must be in [0, 1], got {peak_ratio!r}")
     check_seed(seed)
 
 
-def normalise_map(raw: torch.Tensor, clamp_ratio: float = 3.0, winsorise: float = 0.99) -> torch.Tensor:
-    """Robust [0, 1] normalisation: divide by ``clamp_ratio`` x the mean and clamp.
+def normalise_map(raw: torch.Tensor, clamp_ratio: float = MAP_CLAMP_RATIO, peak_ratio: float = MAP_PEAK_RATIO,
+                  winsorise: float = 0.99) -> torch.Tensor:
+    """[0, 1] scaling: white at ``peak_ratio`` x the map's peak, but never below ``clamp_ratio`` x its mean.
 
-    This is DiffEdit's ``mask_thresholding_ratio`` rule (``map > 0.5`` marks values above
-    ``clamp_ratio / 2`` x the mean: DiffEdit's mask for its ratio 3), with
-    the mean taken after clipping values above the ``winsorise`` quantile: a few extreme pixels can
-    neither darken the rest of the map nor move the mask. An all-zero difference (source prompt ==
-    target prompt) stays all zero: nothing to change.
+    The peak term is DiffEdit's own rule (Couairon et al.: rescale the difference to [0, 1], then
+    ``map > 0.5``): it marks the cells above ``peak_ratio / 2`` of the peak whatever the object's
+    size. The mean term is diffusers' ``mask_thresholding_ratio`` rule (``peak_ratio=0``,
+    ``clamp_ratio=3``: diffusers' DiffEdit mask, on a winsorised mean): it stops a map with no clear
+    peak (prompts that barely differ) from being stretched to white. ``map > 0.5`` is then the
+    cells above both cuts. A mean-only rule misses large objects: the object
+    raises the mean it is measured against (benchmarks/QUALITY.md, "Automatic map").
+
+    Robust to outliers: the peak is the third-largest cell and the mean is taken after clipping
+    values above it (and above the ``winsorise`` quantile), so one or two hot cells, or a hot 1 %,
+    can neither darken the rest nor move the mask. An all-zero difference (source prompt == target prompt) stays all zero.
     """
     flat = raw.flatten().to(torch.float64)
-    ref = flat.clamp(max=float(torch.quantile(flat, winsorise, interpolation="lower"))).mean() if flat.numel() > 1 else flat.mean()
-    scale = float(ref) * clamp_ratio
+    if flat.numel() > 1:
+        peak = torch.topk(flat, min(_PEAK_RANK, flat.numel())).values[-1]
+        ref = flat.clamp(max=min(float(peak), float(torch.quantile(flat, winsorise, interpolation="lower")))).mean()
+    else:
+        ref = peak = flat.mean()
+    scale = max(float(ref) * clamp_ratio, float(peak) * peak_ratio)
     if not np.isfinite(scale) or scale <= 0:
         return torch.zeros_like(raw)
     return (raw / scale).clamp(0, 1)
@@ -104,7 +116,7 @@ class AutoMap:
     array: np.ndarray  # (H, W) float32 in [0, 1], the image's size
     seed: int
     timestep: int
-    settings: dict[str, Any]  # num_maps, encode_strength, clamp_ratio, smooth
+    settings: dict[str, Any]  # num_maps, encode_strength, clamp_ratio, smooth, peak_ratio
 
     def to_image(self) -> Image.Image:
         return Image.fromarray(np.round(self.array * 255).astype(np.uint8), "L")
@@ -115,14 +127,16 @@ def compute_auto_map(
     image: Image.Image,
     source_prompt: str,
     target_prompt: str,
-    num_maps: int = 10,
-    encode_strength: float = 0.5,
+    num_maps: int = MAP_NUM_MAPS,
+    encode_strength: float = MAP_ENCODE_STRENGTH,
     seed: Optional[int] = None,
     clamp_ratio: float = MAP_CLAMP_RATIO,
     smooth: float = MAP_SMOOTH,
+    peak_ratio: float = MAP_PEAK_RATIO,
 ) -> AutoMap:
     """The continuous change map for editing ``image`` from ``source_prompt`` to ``target_prompt``."""
-    validate_map_params(source_prompt, target_prompt, num_maps, encode_strength, seed, clamp_ratio, smooth)
+    validate_map_params(source_prompt, target_prompt, num_maps, encode_strength, seed, clamp_ratio, smooth,
+                        peak_ratio)
     require_family(editor)
     if seed is None:
         seed = secrets.randbits(31)
@@ -135,16 +149,16 @@ def compute_auto_map(
     tgt, _ = predictor.encode(target_prompt)
     generator = torch.Generator().manual_seed(int(seed))
     raw = estimate_difference(predictor, latents, src, tgt, num_maps, timestep, generator)
-    # Smooth first (per-draw noise is speckled), then normalise on the smoothed values.
+    # Smooth first (if asked: per-draw noise is speckled), then normalise on the smoothed values.
     smoothed = torch.from_numpy(gaussian_blur(raw[0, 0].numpy(), smooth)).to(torch.float32)[None, None]
-    latent_map = normalise_map(smoothed, clamp_ratio)
-    arr = _upsample(latent_map, image.size)
+    latent_map = normalise_map(smoothed, clamp_ratio, peak_ratio)
+    arr = upsample_map(latent_map, image.size)
     settings = {"num_maps": int(num_maps), "encode_strength": float(encode_strength),
-                "clamp_ratio": float(clamp_ratio), "smooth": float(smooth)}
+                "clamp_ratio": float(clamp_ratio), "smooth": float(smooth), "peak_ratio": float(peak_ratio)}
     return AutoMap(latent=latent_map, array=arr, seed=int(seed), timestep=timestep, settings=settings)
 
 
-def _upsample(latent_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def upsample_map(latent_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling of a (1, 1, h, w) map to an image-size (H, W) array."""
     w, h = size
     out = F.interpolate(latent_map.to(torch.float32), size=(h, w), mode="bilinear", align_corners=False)
@@ -155,7 +169,7 @@ def auto_map(editor: EditorLike, image: ImageLike, source_prompt: str, target_pr
     """The continuous change map as a PIL "L" image of the image's size (white = change).
 
     ``settings`` are :func:`compute_auto_map`'s (``num_maps``, ``encode_strength``, ``seed``,
-    ``clamp_ratio``, ``smooth``). ``img.info["diffdiff"]`` records how it was made.
+    ``clamp_ratio``, ``smooth``, ``peak_ratio``). ``img.info["diffdiff"]`` records how it was made.
     """
     img = load_image(image, "image")
     m = compute_auto_map(editor, img, source_prompt, target_prompt, **settings)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .editor import Editor
 from .errors import DiffDiffError, DiffDiffWarning
 from .io import numbered_paths, open_image, pnginfo_for, save_png_atomic
+from .mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from .request import EditRequest
 from .softinpaint import soft_inpaint_with
 
@@ -77,7 +78,7 @@ KINDS = ("map", "mask", "source_prompt")
 #: Settings every row gets unless it or a default says otherwise (the ``diffdiff edit`` defaults).
 BASE_SETTINGS: dict[str, Any] = {
     "steps": 50, "strength": 1.0, "num_images": 1, "polarity": "change", "paste_back": True, "crop": False,
-    "crop_padding": 32, "skip_frozen": False, "num_maps": 10, "encode_strength": 0.5,
+    "crop_padding": 32, "skip_frozen": False, "num_maps": MAP_NUM_MAPS, "encode_strength": MAP_ENCODE_STRENGTH,
 }
 _ONLY_FOR = {"softness": "mask", "num_maps": "source_prompt", "encode_strength": "source_prompt"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

@@ -29,6 +29,7 @@ from .denoise import Conditioning, NoisePredictor, ddim_move, decode_latents, en
 from .errors import DiffDiffError, DiffDiffWarning
 from .hook import DifferentialStep, NoiseCapture, Reference
 from .io import ImageLike, image_sha256, load_image, open_image
+from .mapsettings import MAP_NUM_MAPS
 from .protocol import EditorLike
 from .request import check_output_type, check_prompt, check_seed, is_int, is_number
 from .version import __version__
@@ -180,7 +181,7 @@ def diffedit(
     negative_prompt: Optional[str] = None,
     num_images: int = 1,
     output_type: str = "pil",
-    num_maps: int = 10,
+    num_maps: int = MAP_NUM_MAPS,
     inversion_guidance: float = 1.0,
     eta: float = 0.0,
     paste_back_pixels: bool = True,
@@ -199,7 +200,7 @@ def diffedit(
     if seed is None:
         seed = secrets.randbits(31)
     if mask is None:
-        auto = compute_auto_map(editor, source, source_prompt, target_prompt, num_maps, encode_strength=0.5, seed=seed)
+        auto = compute_auto_map(editor, source, source_prompt, target_prompt, num_maps, seed=seed)
         mask_arr = (auto.array > threshold).astype(np.float32)
     else:
         mask_arr = prepare_mask(mask, source.size)

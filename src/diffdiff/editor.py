@@ -32,6 +32,7 @@ from .families.base import Trajectory
 from .inpaint import as_inpaint_pipeline, is_inpaint_checkpoint
 from .io import DEFAULT_MAX_PIXELS, ImageLike, check_pixel_limit, image_sha256, load_image, map_sha256, open_image
 from .loading import load_family
+from .mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from .perf import configure_memory
 from .pipeinfo import as_img2img, check_call_arguments
 from .request import CropResolution, EditRequest, OutputType
@@ -412,8 +413,8 @@ class Editor:
         return fan.fan(self, image, prompt, columns, min_strength, max_strength, change_map, **edit_kwargs)
 
     # DiffEdit and automatic change maps from text (logic in automap.py / diffedit.py) -------------
-    def auto_map(self, image: ImageLike, source_prompt: str, target_prompt: str, num_maps: int = 10,
-                 encode_strength: float = 0.5, seed: Optional[int] = None, **kw: Any) -> Image.Image:
+    def auto_map(self, image: ImageLike, source_prompt: str, target_prompt: str, num_maps: int = MAP_NUM_MAPS,
+                 encode_strength: float = MAP_ENCODE_STRENGTH, seed: Optional[int] = None, **kw: Any) -> Image.Image:
         """Continuous change map (PIL "L", image size) where the two prompts' noise predictions differ."""
         return auto_map(self, image, source_prompt, target_prompt, num_maps=num_maps, encode_strength=encode_strength,
                         seed=seed, **kw)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from .common import err, info, load_editor, run_command
 from .edit import MODEL_HELP
 
@@ -40,8 +41,8 @@ def register(app: typer.Typer) -> None:
         crop_padding: int = typer.Option(32, "--crop-padding", help="Context pixels around the changed region with --crop / --skip-frozen."),
         crop_resolution: Optional[str] = typer.Option(None, "--crop-resolution", help="'native' or a size in pixels, with --crop."),
         skip_frozen: bool = typer.Option(False, "--skip-frozen", help="Run the model at each step only on the pixels free by then."),
-        num_maps: int = typer.Option(10, "--num-maps", help="Noise draws averaged for automatic maps ('source_prompt' rows)."),
-        encode_strength: float = typer.Option(0.5, "--encode-strength", help="Noise level automatic maps compare the prompts at (0..1]."),
+        num_maps: int = typer.Option(MAP_NUM_MAPS, "--num-maps", help="Noise draws averaged for automatic maps ('source_prompt' rows)."),
+        encode_strength: float = typer.Option(MAP_ENCODE_STRENGTH, "--encode-strength", help="Noise level automatic maps compare the prompts at (0..1]."),
         group_size: int = typer.Option(1, "--group-size", help="Rows that are the same edit without a seed share one pipeline call, up to this many (see README)."),
         ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' (the running cluster, else a new local one) or a cluster address."),
         workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: N CPU workers instead of one per GPU."),

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from .common import info, load_editor, run_command, save_outputs
 from .maps import map_app
 
@@ -22,8 +23,8 @@ def _auto_command(map_app: typer.Typer) -> None:
         source: str = typer.Option(..., "--source", help=SOURCE_HELP),
         target: str = typer.Option(..., "--target", help=TARGET_HELP),
         output: Path = typer.Option(..., "--output", "-o", help="Output PNG (8-bit greyscale, white = change)."),
-        num_maps: int = typer.Option(10, "--num-maps", help="Noise draws averaged (more = smoother, slower)."),
-        encode_strength: float = typer.Option(0.5, "--encode-strength", help="Noise level the prompts are compared at (0..1]."),
+        num_maps: int = typer.Option(MAP_NUM_MAPS, "--num-maps", help="Noise draws averaged (more = smoother, slower)."),
+        encode_strength: float = typer.Option(MAP_ENCODE_STRENGTH, "--encode-strength", help="Noise level the prompts are compared at (0..1]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for the noise draws."),
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(50, "--steps", "-s", help="DDIM steps for the full schedule."),
         guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance for the target prompt [default: the model's]."),
         negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
-        num_maps: int = typer.Option(10, "--num-maps", help="Noise draws for the automatic mask."),
+        num_maps: int = typer.Option(MAP_NUM_MAPS, "--num-maps", help="Noise draws for the automatic mask."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (recorded in the PNG metadata)."),
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
