@@ -738,7 +738,9 @@ def test_ui_fan_passes_the_edit_tabs_control_and_reference_images(control_ip_edi
     image, scale and reference image (same pixels and metadata); a missing upload is the Edit tab's one line."""
     import gradio as gr
 
-    demo, _ = ui_of(control_ip_editor)
+    demo, comps = ui_of(control_ip_editor)
+    # A ControlNet model is a family of its own, which the auto map and DiffEdit do not run.
+    assert comps["dd-auto"].interactive is False and "sd-controlnet family" in comps["dd-diffedit-off"].value  # type: ignore[attr-defined]
     event = event_of(demo, "run_fan")
     ids = [getattr(c, "elem_id", None) for c in event.inputs]  # type: ignore[attr-defined]
     assert ids[-4:] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]  # the Edit tab's
@@ -791,9 +793,10 @@ def test_auto_map_and_diffedit_refuse_an_ip_adapter_in_one_line(tiny_sd_path: Pa
     with TestClient(create_app(ed, ui=False)) as client:
         features = client.get("/api/health").json()["features"]
         assert features == {"edit": True, "fan": True, "auto_map": False, "diffedit": False}
-        r = client.post("/api/auto-map", files={"image": ("in.png", (files / "in.png").read_bytes(), "image/png")},
-                        data={"source_prompt": "a cat", "target_prompt": "a dog", "num_maps": 1})
-        assert r.status_code == 501 and "IP-Adapter" in r.json()["error"]
+        for path, extra in (("/api/auto-map", {"num_maps": 1}), ("/api/diffedit", {"steps": 2})):
+            r = client.post(path, files={"image": ("in.png", (files / "in.png").read_bytes(), "image/png")},
+                            data={"source_prompt": "a cat", "target_prompt": "a dog", **extra})
+            assert r.status_code == 501 and r.json()["error"].startswith("automatic maps and DiffEdit take no IP-Adapter")
     _, comps = ui_of(ed)
     assert comps["dd-auto"].interactive is False and "IP-Adapter" in comps["dd-auto"].value  # type: ignore[attr-defined]
     assert "IP-Adapter" in comps["dd-diffedit-off"].value and "dd-diffedit-run" not in comps  # type: ignore[attr-defined]
