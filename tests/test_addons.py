@@ -668,9 +668,14 @@ def ui_of(editor: Editor) -> tuple[object, dict[str, object]]:
     return demo, comps
 
 
+def event_of(demo: object, name: str) -> object:
+    """The Blocks' event whose function is ``name`` (its ``.fn`` and ``.inputs``)."""
+    (event,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name]  # type: ignore[attr-defined]
+    return event
+
+
 def run_edit_of(demo: object) -> object:
-    (fn,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]  # type: ignore[attr-defined]
-    return fn
+    return event_of(demo, "run_edit").fn  # type: ignore[attr-defined]
 
 
 def test_ui_shows_addon_inputs_only_for_what_is_loaded(control_ip_editor: Editor, sd_editor: Editor) -> None:
@@ -726,3 +731,112 @@ def test_ui_run_edit_passes_the_control_and_reference_images(control_ip_editor: 
         ui("canny", None, None)
     with pytest.raises(gr.Error, match="aspect ratio"):
         ui("upload", Image.open(files / "wide.png"))
+
+
+def test_ui_fan_passes_the_edit_tabs_control_and_reference_images(control_ip_editor: Editor, files: Path) -> None:
+    """The Fan tab runs with the Edit tab's add-on inputs: the UI's fan is Editor.fan with the same control
+    image, scale and reference image (same pixels and metadata); a missing upload is the Edit tab's one line."""
+    import gradio as gr
+
+    demo, comps = ui_of(control_ip_editor)
+    # A ControlNet model is a family of its own, which the auto map and DiffEdit do not run.
+    assert comps["dd-auto"].interactive is False and "sd-controlnet family" in comps["dd-diffedit-off"].value  # type: ignore[attr-defined]
+    event = event_of(demo, "run_fan")
+    ids = [getattr(c, "elem_id", None) for c in event.inputs]  # type: ignore[attr-defined]
+    assert ids[-4:] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]  # the Edit tab's
+    img = Image.open(files / "in.png").convert("RGB")
+    control, ref = Image.open(files / "control.png"), Image.open(files / "ref.png")
+    canvas = {"background": img, "layers": [], "composite": img}
+
+    def ui(source: str, control_image: object, ip_image: object = ref) -> Image.Image:
+        path = event.fn(canvas, None, "a fox", "", STEPS, 7.5, 4, "change", 4, 0.0, 1.0, False,  # type: ignore[attr-defined]
+                        source, control_image, 0.6, ip_image, progress=lambda *a, **k: None)
+        return Image.open(path)
+
+    got = ui("upload", control)
+    want = control_ip_editor.fan(img, "a fox", columns=4, num_inference_steps=STEPS, guidance_scale=7.5, seed=4,
+                                 control_image=control, controlnet_conditioning_scale=0.6, ip_adapter_image=ref)
+    assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want))
+    meta = read_metadata(got)
+    assert meta == want.info["diffdiff"] and meta["tool"] == "fan"
+    assert meta["control_image_sha256"] == [image_sha256(control)] and meta["controlnet_scale"] == 0.6
+    assert meta["ip_adapter_image_sha256"] == image_sha256(ref)
+    # The strength-0 column is the input, byte for byte; the control image reaches the others.
+    assert np.array_equal(np.asarray(got.convert("RGB"))[:, :16], np.asarray(img)[:, :16])
+    canny = ui("canny", None)
+    assert read_metadata(canny)["control_from"] == "canny"
+    assert not np.array_equal(np.asarray(canny.convert("RGB")), np.asarray(got.convert("RGB")))
+    with pytest.raises(gr.Error, match="upload a control image, or choose 'derive from input: canny'"):
+        ui("upload", None)
+    with pytest.raises(gr.Error, match="upload its reference image"):
+        ui("canny", None, None)
+    with pytest.raises(gr.Error, match="aspect ratio"):
+        ui("upload", Image.open(files / "wide.png"))
+
+
+def test_auto_map_and_diffedit_refuse_an_ip_adapter_in_one_line(tiny_sd_path: Path, ip_weights: Path,
+                                                               files: Path) -> None:
+    """They call the UNet with text only (no reference image input): one line, 501 from the API, and the
+    UI offers neither (instead of diffusers' TypeError from the IP-Adapter'd UNet)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from diffdiff.errors import UnsupportedFeatureError
+    from diffdiff.web import create_app
+
+    ed = Editor.from_pretrained(tiny_sd_path, ip_adapter=ip_weights, progress=False)
+    img = Image.open(files / "in.png")
+    for run in (lambda: ed.auto_map(img, "a cat", "a dog", num_maps=1, seed=1),
+                lambda: ed.diffedit(img, "a cat", "a dog", num_inference_steps=2, seed=1)):
+        with pytest.raises(UnsupportedFeatureError, match="^automatic maps and DiffEdit take no IP-Adapter"):
+            run()
+    with TestClient(create_app(ed, ui=False)) as client:
+        features = client.get("/api/health").json()["features"]
+        assert features == {"edit": True, "fan": True, "auto_map": False, "diffedit": False}
+        for path, extra in (("/api/auto-map", {"num_maps": 1}), ("/api/diffedit", {"steps": 2})):
+            r = client.post(path, files={"image": ("in.png", (files / "in.png").read_bytes(), "image/png")},
+                            data={"source_prompt": "a cat", "target_prompt": "a dog", **extra})
+            assert r.status_code == 501 and r.json()["error"].startswith("automatic maps and DiffEdit take no IP-Adapter")
+    _, comps = ui_of(ed)
+    assert comps["dd-auto"].interactive is False and "IP-Adapter" in comps["dd-auto"].value  # type: ignore[attr-defined]
+    assert "IP-Adapter" in comps["dd-diffedit-off"].value and "dd-diffedit-run" not in comps  # type: ignore[attr-defined]
+
+
+def test_rest_fan_takes_the_edits_addon_fields(control_ip_editor: Editor, sd_editor: Editor, files: Path) -> None:
+    """/api/fan declares and takes control_image / control_from / controlnet_scale / ip_adapter_image for
+    what the served model has loaded, as /api/edit does: its PNG is Editor.fan's with those images."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from diffdiff.web import create_app
+
+    def post(client: TestClient, *names: tuple[str, str], **data: object) -> object:
+        upload = {field: (f, (files / f).read_bytes(), "image/png") for field, f in (("image", "in.png"), *names)}
+        return client.post("/api/fan", files=upload, data={"prompt": "a fox", "steps": STEPS, "seed": 4,
+                                                             "guidance": 7.5, "columns": 4, **data})
+
+    def fan_fields(client: TestClient) -> set[str]:
+        schema = client.get("/openapi.json").json()
+        ref = schema["paths"]["/api/fan"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        return set(schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+
+    addon = {"control_image", "control_from", "controlnet_scale", "ip_adapter_image"}
+    img = Image.open(files / "in.png")
+    control, ref = Image.open(files / "control.png"), Image.open(files / "ref.png")
+    with TestClient(create_app(control_ip_editor, ui=False)) as client:
+        assert addon <= fan_fields(client)
+        r = post(client, ("control_image", "control.png"), ("ip_adapter_image", "ref.png"), controlnet_scale="0.6")
+        assert r.status_code == 200, r.text
+        got = Image.open(io.BytesIO(r.content))
+        want = control_ip_editor.fan(img, "a fox", columns=4, num_inference_steps=STEPS, guidance_scale=7.5, seed=4,
+                                     control_image=control, controlnet_conditioning_scale=0.6, ip_adapter_image=ref)
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want))
+        assert read_metadata(got)["control_image_sha256"] == [image_sha256(control)]
+        missing = post(client, ("ip_adapter_image", "ref.png"))
+        assert missing.status_code == 422 and "a ControlNet is loaded" in missing.json()["error"]
+        canny = post(client, ("ip_adapter_image", "ref.png"), control_from="canny")
+        assert canny.status_code == 200 and read_metadata(Image.open(io.BytesIO(canny.content)))["control_from"] == "canny"
+    with TestClient(create_app(sd_editor, ui=False)) as client:
+        assert not addon & fan_fields(client)
+        r = post(client, ("control_image", "control.png"))
+        assert r.status_code == 422 and r.json()["error"] == "control_image: this server's model has no ControlNet loaded"

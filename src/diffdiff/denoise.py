@@ -25,12 +25,31 @@ from .protocol import EditorLike
 SUPPORTED_FAMILIES = ("sd", "sdxl")
 
 
+def has_ip_adapter(pipe: Any) -> bool:
+    """Whether the pipeline's UNet has an IP-Adapter loaded (its every call then needs image embeddings)."""
+    config = getattr(getattr(pipe, "unet", None), "config", None)
+    return getattr(config, "encoder_hid_dim_type", None) == "ip_image_proj"
+
+
+def unsupported_reason(editor: Any) -> Optional[str]:
+    """Why automatic maps and DiffEdit cannot run on ``editor``, in one line; None when they can.
+
+    They call the UNet themselves with text conditioning only: the families they know, and no
+    IP-Adapter (its reference image is no input of theirs). A ControlNet makes its own family.
+    """
+    family = getattr(editor, "family", None)
+    if family not in SUPPORTED_FAMILIES:
+        return f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {family} family"
+    if has_ip_adapter(getattr(editor, "pipe", None)):
+        return "automatic maps and DiffEdit take no IP-Adapter reference image: load the model without the IP-Adapter"
+    return None
+
+
 def require_family(editor: EditorLike) -> None:
-    """Automatic maps and DiffEdit call the UNet themselves: only for the families they know."""
-    if editor.family not in SUPPORTED_FAMILIES:
-        raise UnsupportedFeatureError(
-            f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {editor.family} family"
-        )
+    """Automatic maps and DiffEdit call the UNet themselves: refuse what :func:`unsupported_reason` names."""
+    reason = unsupported_reason(editor)
+    if reason is not None:
+        raise UnsupportedFeatureError(reason)
 
 
 @dataclass

@@ -381,6 +381,14 @@ def _first_image(out: Any) -> Image.Image:
 #: /api/edit's add-on fields, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
                 "ip_adapter_image": "ip_adapter", "lora": "loras"}
+#: The add-on fields' declarations, shared by /api/edit and /api/fan.
+ControlImage = Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio")]
+ControlFrom = Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")]
+ControlScale = Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False,
+                                                description="ControlNet conditioning scale [default: 1.0]")]
+IpAdapterImage = Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")]
+#: Those /api/fan takes too.
+FAN_ADDON_FIELDS = tuple(name for name, kind in ADDON_FIELDS.items() if kind != "loras")
 #: What each kind of add-on is called in messages.
 ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
@@ -390,6 +398,31 @@ def _served_addon_fields(service: EditService) -> set[str]:
     addons = getattr(service._editor, "addons", None)
     return {name for name, kind in ADDON_FIELDS.items() if addons is not None and getattr(addons, kind)
             and (kind != "loras" or lora_names(addons.loras))}
+
+
+def _refuse_unserved(form_keys: Any, served: set[str], fields: Any = ADDON_FIELDS) -> None:
+    """422 for an add-on field of ``fields`` sent to a server whose model lacks that add-on."""
+    unserved = sorted(set(fields) & set(form_keys) - served)
+    if unserved:  # the fields exist (and are documented) only for a served model with that add-on
+        raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
+                            f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
+
+
+def _addon_images(service: EditService, control_data: Optional[bytes], ip_data: Optional[bytes]) -> dict[str, Any]:
+    """The uploaded control and reference images, decoded (checked against the model in the run)."""
+    images: dict[str, Any] = {}
+    if control_data:
+        images["control_image"] = service.decode(control_data, "control image")
+    if ip_data:
+        images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
+    return images
+
+
+def _declare_served(endpoint: Callable[..., Any], served: set[str]) -> None:
+    """Keep ``endpoint``'s add-on parameters (and so its schema's fields) to those of ``served``."""
+    signature = inspect.signature(endpoint)
+    endpoint.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
 
 
 def _served_loras(service: EditService) -> list[dict[str, Any]]:
@@ -435,19 +468,16 @@ def build_router(service: EditService) -> APIRouter:
         polarity: Literal["change", "keep"] = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
         skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
-        control_image: Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio")] = None,
-        control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
-        controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
-        ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
+        control_image: ControlImage = None,
+        control_from: ControlFrom = None,
+        controlnet_scale: ControlScale = None,
+        ip_adapter_image: IpAdapterImage = None,
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
         form = await request.form()
-        unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
-        if unserved:  # the fields exist (and are documented) only for a served model with that add-on
-            raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
-                                f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
+        _refuse_unserved(form.keys(), served)
         # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
         lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
         lora_scales = parse_scale_overrides(lora_values, loras)
@@ -468,11 +498,7 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
             # Add-on images for what the served model has loaded (checked against it in the edit).
-            addon_images: dict[str, Any] = {}
-            if control_data:
-                addon_images["control_image"] = service.decode(control_data, "control image")
-            if ip_data:
-                addon_images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
+            addon_images = _addon_images(service, control_data, ip_data)
             if lora_scales:  # the metadata records the scales this request ran with
                 edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
@@ -488,15 +514,11 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(_first_image(out), notes)
 
     # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
-    signature = inspect.signature(edit)
-    edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
-    files = ["image", "map", *sorted(f for f in served if f.endswith("_image"))]
+    _declare_served(edit, served)
+    addon_files = sorted(f for f in served if f.endswith("_image"))
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
-                openapi_extra=_files(*files))(edit)
+                openapi_extra=_files("image", "map", *addon_files))(edit)
 
-    @router.post("/fan", summary="Strength fan: one row of edits at increasing strength",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "map"))
     async def fan(
         request: Request,
         image: UploadFile = File(..., description="Image (at least `columns` pixels wide)"),
@@ -511,11 +533,18 @@ def build_router(service: EditService) -> APIRouter:
         seed: Optional[int] = _seed(),
         polarity: Literal["change", "keep"] = Form("change"),
         skip_frozen: bool = Form(True, description="Model only on the columns free at each step (false: full frame)"),
+        control_image: ControlImage = None,
+        control_from: ControlFrom = None,
+        controlnet_scale: ControlScale = None,
+        ip_adapter_image: IpAdapterImage = None,
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"])
+        _refuse_unserved((await request.form()).keys(), served, FAN_ADDON_FIELDS)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
+        control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
+        ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
 
         def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any]]:
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
@@ -528,14 +557,14 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
-            return img, cmap, extra
+            addons = dict(_addon_images(service, control_data, ip_data), control_from=control_from or None,
+                          controlnet_conditioning_scale=controlnet_scale)
+            return img, cmap, {"pipeline_kwargs": extra, **addons} if extra else addons
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
                                   "guidance_scale": guidance, "seed": seed, "polarity": polarity,
-                                  "skip_frozen": skip_frozen}
-            if p[2]:
-                kw["pipeline_kwargs"] = p[2]
+                                  "skip_frozen": skip_frozen, **p[2]}
             return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
                                       max_strength=max_strength, change_map=p[1], **kw)
 
@@ -546,6 +575,11 @@ def build_router(service: EditService) -> APIRouter:
             "max_strength": max_strength, "steps": steps, "guidance": guidance, "seed": seed, "kind": "fan",
         }
         return _png_response(img, notes, meta)
+
+    # The fan takes the edit's add-on images and control settings (not per-request LoRA scales).
+    _declare_served(fan, served)
+    router.post("/fan", summary="Strength fan: one row of edits at increasing strength", response_class=Response,
+                responses=PNG_RESPONSE, openapi_extra=_files("image", "map", *addon_files))(fan)
 
     @router.post("/auto-map", summary="Change map from source/target prompts (DiffEdit-style)",
                  response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"))

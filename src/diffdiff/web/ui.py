@@ -7,8 +7,10 @@ shows the whole map and the levels the run will use. (The toolkit map is held se
 ``gr.State`` rather than pushed into the canvas as a layer: Gradio's editor does not reliably
 render layers set from Python.) With a ControlNet loaded the Edit tab also takes a control image (or
 derives one from the input with Canny) and a control scale; with an IP-Adapter, a reference image
-(:func:`addon_kwargs` turns them into the edit's arguments). Every model call goes through the same
-:class:`~diffdiff.web.service.EditService` queue as the REST API.
+(:func:`addon_kwargs` turns them into the run's arguments). The Strength fan tab runs with those same
+inputs (``Editor.fan`` takes the edit's arguments); the auto map and DiffEdit take no add-on inputs
+and are offered only where :func:`diffdiff.denoise.unsupported_reason` allows them. Every model call
+goes through the same :class:`~diffdiff.web.service.EditService` queue as the REST API.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .. import maps
+from ..denoise import SUPPORTED_FAMILIES, unsupported_reason
 from ..errors import DiffDiffError, DiffDiffWarning
 from ..levels import executed_steps
 from .service import EditService, QueueFull, png_bytes
@@ -119,7 +122,7 @@ def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strengt
 
 def addon_kwargs(controlnet: bool, ip_adapter: bool, control_source: Optional[str], control_image: Any,
                  control_scale: Any, ip_image: Any) -> dict[str, Any]:
-    """The edit's add-on arguments from the Edit tab's add-on inputs, for what the model has loaded.
+    """The add-on arguments of an edit or a fan from the Edit tab's add-on inputs, for what the model has loaded.
 
     ``controlnet`` / ``ip_adapter``: whether the served model has one (the inputs are shown only then).
     ``control_source`` ``"canny"`` derives the control image from the input; ``"upload"`` uses
@@ -208,6 +211,13 @@ def build_ui(service: EditService) -> Any:
     def seed_or_none(seed: Any) -> Optional[int]:
         return None if seed is None or int(seed) < 0 else int(seed)
 
+    def addons_of(control_source: Optional[str], control_image: Any, control_scale: Any, ip_image: Any) -> dict[str, Any]:
+        """:func:`addon_kwargs` for the served model; a missing upload is Gradio's one-line message."""
+        try:
+            return addon_kwargs(has_control, has_ip, control_source, control_image, control_scale, ip_image)
+        except DiffDiffError as exc:
+            raise gr.Error(str(exc)) from None
+
     # handlers: the toolkit ones return the new base map (a gr.State) --------------------------
     def update_preview(value: Any, base: Optional[Image.Image], steps: float, strength: float,
                        polarity: str) -> tuple[Any, str]:
@@ -252,10 +262,7 @@ def build_ui(service: EditService) -> Any:
         img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt: what the edited image should show.")
-        try:
-            extra = addon_kwargs(has_control, has_ip, control_source, control_image, control_scale, ip_image)
-        except DiffDiffError as exc:
-            raise gr.Error(str(exc)) from None
+        extra = addons_of(control_source, control_image, control_scale, ip_image)
         out = run_job(lambda ed: ed.edit(
             img, cmap, prompt, negative_prompt=negative or None, num_inference_steps=int(steps),
             guidance_scale=None if guidance in (None, "") else float(guidance), strength=float(strength),
@@ -267,17 +274,20 @@ def build_ui(service: EditService) -> Any:
         return history, res.info.get("diffdiff"), history
 
     def run_fan(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, seed: Any, polarity: str,
-                columns: float, lo: float, hi: float, use_map: bool, progress: Any = gr.Progress(track_tqdm=True)) -> str:
+                columns: float, lo: float, hi: float, use_map: bool, control_source: Optional[str] = None,
+                control_image: Any = None, control_scale: Any = None, ip_image: Any = None,
+                progress: Any = gr.Progress(track_tqdm=True)) -> str:
         img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt on the Edit tab.")
         if lo > hi:
             raise gr.Error("The minimum strength is above the maximum.")
+        extra = addons_of(control_source, control_image, control_scale, ip_image)
         out = run_job(lambda ed: ed.fan(
             img, prompt, columns=int(columns), min_strength=float(lo), max_strength=float(hi),
             change_map=cmap if use_map else None, negative_prompt=negative or None, num_inference_steps=int(steps),
             guidance_scale=None if guidance in (None, "") else float(guidance), seed=seed_or_none(seed),
-            polarity=polarity,
+            polarity=polarity, **extra,
         ), progress)
         res = out if isinstance(out, Image.Image) else out[0]
         return store.save(res, "fan")
@@ -305,6 +315,8 @@ def build_ui(service: EditService) -> Any:
     addons = getattr(service._editor, "addons", None) if service.loaded else None
     has_control = bool(addons is not None and addons.controlnets)
     has_ip = bool(addons is not None and addons.ip_adapter)
+    # Why the auto map and DiffEdit are off for this model (they take no add-on inputs).
+    no_predictor = (unsupported_reason(service._editor) if service.loaded else None) or "the editor has no Editor.diffedit"
     with gr.Blocks(title="diffdiff") as demo:
         gr.Markdown(HEADER, elem_id="dd-header")
         history = gr.State([])
@@ -333,7 +345,8 @@ def build_ui(service: EditService) -> Any:
                                 tgt_prompt = gr.Textbox(label="Should show", placeholder="a photo of a bowl of pears")
                             auto_ok = features["auto_map"]
                             auto_btn = gr.Button("Auto map from prompts" if auto_ok else
-                                                 f"Auto map (not for the {family} family)",
+                                                 f"Auto map (not for the {family} family)" if family not in
+                                                 SUPPORTED_FAMILIES else "Auto map (not with an IP-Adapter)",
                                                  interactive=auto_ok, elem_id="dd-auto")
                             with gr.Row():
                                 show_btn = gr.Button("Show map and levels", size="sm", elem_id="dd-show")
@@ -382,7 +395,8 @@ def build_ui(service: EditService) -> Any:
             with gr.Tab("Strength fan", id="fan"):
                 if features["fan"]:
                     gr.Markdown("One run whose columns go from the minimum to the maximum strength, left to right. "
-                                "Uses the image, prompt and settings of the **Edit** tab.")
+                                "Uses the image, prompt and settings of the **Edit** tab"
+                                + (", and its ControlNet / IP-Adapter inputs." if has_control or has_ip else "."))
                     with gr.Row():
                         columns = gr.Slider(2, 12, value=5, step=1, label="Columns")
                         lo = gr.Slider(0, 1, value=0.0, step=0.05, label="Min strength")
@@ -392,7 +406,7 @@ def build_ui(service: EditService) -> Any:
                     fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png", height=420,
                                        interactive=False, elem_id="dd-fan-out")
                     fan_btn.click(run_fan, [canvas, base_map, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
-                                            fan_map], fan_out)
+                                            fan_map, control_source, control_image, control_scale, ip_image], fan_out)
                 else:
                     gr.Markdown("The loaded editor has no strength fan (`Editor.fan`).")
 
@@ -413,7 +427,7 @@ def build_ui(service: EditService) -> Any:
                                       interactive=False)
                     de_btn.click(run_diffedit, [canvas, base_map, de_src, de_tgt, de_thr, de_steps, de_seed, de_map], de_out)
                 else:
-                    gr.Markdown(f"DiffEdit supports SD 1.x/2.x and SDXL, not the loaded {family} family.")
+                    gr.Markdown(f"DiffEdit is not available here: {no_predictor}.", elem_id="dd-diffedit-off")
 
             with gr.Tab("REST API", id="api"):
                 gr.Markdown(API_HELP)
