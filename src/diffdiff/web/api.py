@@ -54,6 +54,8 @@ MAX_GUIDANCE = 100.0
 MAX_SEED = 2**53 - 1
 #: What file fields may carry: any image format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...).
 IMAGE_MEDIA_TYPES = "image/*"
+#: The most extra reference images one edit may carry (each is one more VAE encode and prompt image).
+MAX_REFERENCE_IMAGES = 8
 
 
 class ErrorBody(BaseModel):
@@ -257,7 +259,8 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
     if prop.get("type") == "boolean":
         prop["description"] = (prop.get("description", "") + " " + BOOL_TEXT).strip()
     is_text = prop.get("type") == "string" and "enum" not in prop
-    if not required and not is_text and "anyOf" not in prop:
+    is_files = prop.get("type") == "array" and "contentMediaType" in prop.get("items", {})  # none sent: none
+    if not required and not is_text and not is_files and "anyOf" not in prop:
         meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
         prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}
     return prop
@@ -396,6 +399,23 @@ def _served_loras(service: EditService) -> list[dict[str, Any]]:
     return list(getattr(getattr(service._editor, "addons", None), "loras", None) or [])
 
 
+def _takes_references(service: EditService) -> bool:
+    """Whether the served model takes ``reference_images`` (unknown, so yes, before a lazy model loads)."""
+    ed = service._editor
+    return ed is None or bool(getattr(getattr(ed, "adapter", None), "reference_image", False))
+
+
+async def _read_references(form: Any, limit: int) -> list[bytes]:
+    """Every ``reference_images`` part of the form, read like the other uploads (at most
+    :data:`MAX_REFERENCE_IMAGES`, each a file part)."""
+    parts = form.getlist("reference_images")
+    if any(isinstance(v, str) for v in parts):
+        raise DiffDiffError("reference_images: expected image files (multipart file parts), got text")
+    if len(parts) > MAX_REFERENCE_IMAGES:
+        raise DiffDiffError(f"reference_images: {len(parts)} files sent, at most {MAX_REFERENCE_IMAGES} on this server")
+    return [data for v in parts if (data := await _read(v, "reference image", limit)) is not None]
+
+
 def build_router(service: EditService) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["diffdiff"])
     max_steps = service.max_steps
@@ -438,10 +458,13 @@ def build_router(service: EditService) -> APIRouter:
         control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
         controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
         ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
+        reference_images: Annotated[Optional[list[UploadFile]], File(max_length=MAX_REFERENCE_IMAGES, description=(
+            "Extra reference images after the input, for instruction-edit models that take several "
+            "(Qwen-Image-Edit-Plus); repeat the file field for each"))] = None,
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
-        await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
+        await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora", "reference_images"))
         form = await request.form()
         unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
         if unserved:  # the fields exist (and are documented) only for a served model with that add-on
@@ -454,6 +477,8 @@ def build_router(service: EditService) -> APIRouter:
         map_data = await _read(map, "map", service.max_upload_bytes)
         control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
         ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
+        # Read from the form whether or not the field is declared: a model that takes none refuses them itself.
+        ref_data = await _read_references(form, service.max_upload_bytes)
 
         def prepare() -> tuple[Image.Image, Image.Image, EditRequest]:
             edit_request = EditRequest(
@@ -466,12 +491,16 @@ def build_router(service: EditService) -> APIRouter:
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
-            # Add-on images for what the served model has loaded (checked against it in the edit).
+            # Add-on and reference images (checked against the served model in the edit).
             addon_images: dict[str, Any] = {}
             if control_data:
                 addon_images["control_image"] = service.decode(control_data, "control image")
             if ip_data:
                 addon_images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
+            if ref_data:  # the library checks the model takes them and records them in the metadata
+                # Plain images, as the CLI's open_image gives: recorded alike, "<Image (w, h)>".
+                addon_images["reference_images"] = [service.decode(d, f"reference image {i}").copy()
+                                                    for i, d in enumerate(ref_data, 1)]
             if lora_scales:  # the metadata records the scales this request ran with
                 edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
@@ -486,11 +515,13 @@ def build_router(service: EditService) -> APIRouter:
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)
 
-    # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
+    # The add-on fields are part of the operation (and its schema) only for what the served model has
+    # loaded, reference_images only for a model that takes them.
+    declared = served | ({"reference_images"} if _takes_references(service) else set())
     signature = inspect.signature(edit)
     edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
-    files = ["image", "map", *sorted(f for f in served if f.endswith("_image"))]
+        p for p in signature.parameters.values() if p.name not in {*ADDON_FIELDS, "reference_images"} or p.name in declared])
+    files = ["image", "map", *sorted(f for f in declared if f.endswith(("_image", "_images")))]
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
                 openapi_extra=_files(*files))(edit)
 
