@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -259,8 +259,7 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
     if prop.get("type") == "boolean":
         prop["description"] = (prop.get("description", "") + " " + BOOL_TEXT).strip()
     is_text = prop.get("type") == "string" and "enum" not in prop
-    is_files = prop.get("type") == "array" and "contentMediaType" in prop.get("items", {})  # none sent: none
-    if not required and not is_text and not is_files and "anyOf" not in prop:
+    if not required and not is_text and "anyOf" not in prop:
         meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
         prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}
     return prop
@@ -407,13 +406,20 @@ def _takes_references(service: EditService) -> bool:
 
 async def _read_references(form: Any, limit: int) -> list[bytes]:
     """Every ``reference_images`` part of the form, read like the other uploads (at most
-    :data:`MAX_REFERENCE_IMAGES`, each a file part)."""
-    parts = form.getlist("reference_images")
+    :data:`MAX_REFERENCE_IMAGES`, each a file part; an empty part is none, as for every optional field)."""
+    parts = _no_empty_parts(form.getlist("reference_images")) or []
     if any(isinstance(v, str) for v in parts):
         raise DiffDiffError("reference_images: expected image files (multipart file parts), got text")
     if len(parts) > MAX_REFERENCE_IMAGES:
         raise DiffDiffError(f"reference_images: {len(parts)} files sent, at most {MAX_REFERENCE_IMAGES} on this server")
     return [data for v in parts if (data := await _read(v, "reference image", limit)) is not None]
+
+
+def _no_empty_parts(parts: Any) -> Any:
+    """A repeated form field's parts without the empty ones (an empty part takes the default, none)."""
+    if not isinstance(parts, list):
+        return parts
+    return [p for p in parts if not (isinstance(p, str) and p == "")] or None
 
 
 def build_router(service: EditService) -> APIRouter:
@@ -458,9 +464,10 @@ def build_router(service: EditService) -> APIRouter:
         control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
         controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
         ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
-        reference_images: Annotated[Optional[list[UploadFile]], File(max_length=MAX_REFERENCE_IMAGES, description=(
-            "Extra reference images after the input, for instruction-edit models that take several "
-            "(Qwen-Image-Edit-Plus); repeat the file field for each"))] = None,
+        reference_images: Annotated[Optional[list[UploadFile]], BeforeValidator(_no_empty_parts), File(
+            description="Extra reference images after the input, for instruction-edit models that take several "
+            "(Qwen-Image-Edit-Plus); repeat the file field for each",
+            json_schema_extra={"maxItems": MAX_REFERENCE_IMAGES})] = None,  # counted in _read_references
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
