@@ -105,6 +105,12 @@ def test_two_references_over_rest_equal_the_library_call(plus: TestClient, plus_
                             reference_images=[Image.open(io.BytesIO(first)), Image.open(io.BytesIO(second))])[0]
     assert served.size == mine.size == (64, 64)
     assert np.asarray(served.convert("RGB")).tobytes() == np.asarray(mine).tobytes()
+    # Not an equality the references leave untouched: without them the changed half differs (a little,
+    # on this tiny random model), the kept half not at all.
+    alone = np.asarray(plus_editor.edit(sample_image(64, 64, seed=3), half_map(64, 64), PROMPT,
+                                        num_inference_steps=2, seed=5)[0])
+    assert not np.array_equal(alone[:, 32:], np.asarray(mine)[:, 32:])
+    np.testing.assert_array_equal(alone[:, :32], np.asarray(mine)[:, :32])
     # Recorded as the library records them (the CLI's format): each reference by its size, in order.
     meta = read_metadata(served)
     assert meta["reference_images"] == ["<Image (48, 80)>", "<Image (64, 32)>"]
