@@ -12,7 +12,8 @@ a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
 lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request
-LoRA scales) are declared only for what the served model has loaded; ``pipeline_kwargs`` (extra arguments for
+LoRA scales) are declared only for what the served model has loaded, ``reference_images`` (a repeated file field)
+only for a model that takes them; ``pipeline_kwargs`` (extra arguments for
 the diffusers call, JSON text) is declared as the object it carries, from the served pipeline's signature
 (:mod:`.pipeargs`). Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
@@ -31,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -55,6 +56,8 @@ MAX_GUIDANCE = 100.0
 MAX_SEED = 2**53 - 1
 #: What file fields may carry: any image format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...).
 IMAGE_MEDIA_TYPES = "image/*"
+#: The most extra reference images one edit may carry (each is one more VAE encode and prompt image).
+MAX_REFERENCE_IMAGES = 8
 
 
 class ErrorBody(BaseModel):
@@ -418,16 +421,40 @@ def _addon_images(service: EditService, control_data: Optional[bytes], ip_data: 
     return images
 
 
-def _declare_served(endpoint: Callable[..., Any], served: set[str]) -> None:
-    """Keep ``endpoint``'s add-on parameters (and so its schema's fields) to those of ``served``."""
+def _declare_served(endpoint: Callable[..., Any], served: set[str], optional: Any = ADDON_FIELDS) -> None:
+    """Keep ``endpoint``'s ``optional`` parameters (and so its schema's fields) to those in ``served``."""
     signature = inspect.signature(endpoint)
     endpoint.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
+        p for p in signature.parameters.values() if p.name not in optional or p.name in served])
 
 
 def _served_loras(service: EditService) -> list[dict[str, Any]]:
     """The metadata records of the LoRAs the served model has loaded (load order)."""
     return list(getattr(getattr(service._editor, "addons", None), "loras", None) or [])
+
+
+def _takes_references(service: EditService) -> bool:
+    """Whether the served model takes ``reference_images`` (unknown, so yes, before a lazy model loads)."""
+    ed = service._editor
+    return ed is None or bool(getattr(getattr(ed, "adapter", None), "reference_image", False))
+
+
+async def _read_references(form: Any, limit: int) -> list[bytes]:
+    """Every ``reference_images`` part of the form, read like the other uploads (at most
+    :data:`MAX_REFERENCE_IMAGES`, each a file part; an empty part is none, as for every optional field)."""
+    parts = _no_empty_parts(form.getlist("reference_images")) or []
+    if any(isinstance(v, str) for v in parts):
+        raise DiffDiffError("reference_images: expected image files (multipart file parts), got text")
+    if len(parts) > MAX_REFERENCE_IMAGES:
+        raise DiffDiffError(f"reference_images: {len(parts)} files sent, at most {MAX_REFERENCE_IMAGES} on this server")
+    return [data for v in parts if (data := await _read(v, "reference image", limit)) is not None]
+
+
+def _no_empty_parts(parts: Any) -> Any:
+    """A repeated form field's parts without the empty ones (an empty part takes the default, none)."""
+    if not isinstance(parts, list):
+        return parts
+    return [p for p in parts if not (isinstance(p, str) and p == "")] or None
 
 
 def build_router(service: EditService) -> APIRouter:
@@ -472,10 +499,14 @@ def build_router(service: EditService) -> APIRouter:
         control_from: ControlFrom = None,
         controlnet_scale: ControlScale = None,
         ip_adapter_image: IpAdapterImage = None,
+        reference_images: Annotated[Optional[list[UploadFile]], BeforeValidator(_no_empty_parts), File(
+            description="Extra reference images after the input, for instruction-edit models that take several "
+            "(Qwen-Image-Edit-Plus); repeat the file field for each",
+            json_schema_extra={"maxItems": MAX_REFERENCE_IMAGES})] = None,  # counted in _read_references
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
-        await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
+        await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora", "reference_images"))
         form = await request.form()
         _refuse_unserved(form.keys(), served)
         # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
@@ -485,6 +516,8 @@ def build_router(service: EditService) -> APIRouter:
         map_data = await _read(map, "map", service.max_upload_bytes)
         control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
         ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
+        # Read from the form whether or not the field is declared: a model that takes none refuses them itself.
+        ref_data = await _read_references(form, service.max_upload_bytes)
 
         def prepare() -> tuple[Image.Image, Image.Image, EditRequest]:
             edit_request = EditRequest(
@@ -497,8 +530,12 @@ def build_router(service: EditService) -> APIRouter:
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
-            # Add-on images for what the served model has loaded (checked against it in the edit).
+            # Add-on and reference images (checked against the served model in the edit).
             addon_images = _addon_images(service, control_data, ip_data)
+            if ref_data:  # the library checks the model takes them and records them in the metadata
+                # Plain images, as the CLI's open_image gives: recorded alike, "<Image (w, h)>".
+                addon_images["reference_images"] = [service.decode(d, f"reference image {i}").copy()
+                                                    for i, d in enumerate(ref_data, 1)]
             if lora_scales:  # the metadata records the scales this request ran with
                 edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
@@ -513,9 +550,11 @@ def build_router(service: EditService) -> APIRouter:
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)
 
-    # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
-    _declare_served(edit, served)
-    addon_files = sorted(f for f in served if f.endswith("_image"))
+    # The add-on fields are part of the operation (and its schema) only for what the served model has
+    # loaded, reference_images only for a model that takes them.
+    declared = served | ({"reference_images"} if _takes_references(service) else set())
+    _declare_served(edit, declared, {*ADDON_FIELDS, "reference_images"})
+    addon_files = sorted(f for f in declared if f.endswith(("_image", "_images")))
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
                 openapi_extra=_files("image", "map", *addon_files))(edit)
 
