@@ -291,6 +291,7 @@ def install_openapi(app: FastAPI) -> None:
                 if not path.startswith("/api/") or body is None:
                     continue
                 component = components[body["schema"]["$ref"].rsplit("/", 1)[-1]]
+                component.update(item["post"].pop(FORM_RULE, {}))  # the fields' joint rule, on the body
                 props = component["properties"]
                 names = REQUIRED_TEXT.get(path, ())
                 component["required"] = sorted(set(component.get("required", [])) | set(names))
@@ -383,6 +384,69 @@ ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "
 #: What each kind of add-on is called in messages.
 ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
+# The add-on fields /api/edit and /api/fan share (declared once; each operation keeps the served ones).
+ControlImage = Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio "
+                                                                "(or control_from; one of the two)")]
+ControlFrom = Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead "
+                                                                     "(or control_image; one of the two)")]
+ControlScale = Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False,
+                                               description="ControlNet conditioning scale [default: 1.0]")]
+IP_ADAPTER_IMAGE_HELP = "IP-Adapter reference image (required: this server's model has an IP-Adapter loaded)"
+IpAdapterImage = Annotated[Optional[UploadFile], File(description=IP_ADAPTER_IMAGE_HELP)]
+
+#: ``openapi_extra`` key of the body-level rule of an operation's form (merged into its schema by
+#: :func:`install_openapi`): what relates several fields, which no one field's schema can say.
+FORM_RULE = "x-diffdiff-form-rule"
+
+#: With a ControlNet served: a control image, or control_from (non-empty), and not both.
+CONTROL_RULE: dict[str, Any] = {"anyOf": [
+    {"required": ["control_image"], "properties": {"control_from": {"type": "string", "maxLength": 0}}},
+    {"required": ["control_from"], "properties": {"control_from": {"enum": ["canny"]}, "control_image": False}},
+]}
+
+
+def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: list[str]) -> dict[str, Any]:
+    """Keep ``endpoint``'s add-on parameters for what the served model has loaded (the others leave its
+    signature, so FastAPI neither reads nor documents them); a served IP-Adapter makes its image
+    required. Returns the operation's ``openapi_extra``: ``files``' media types, and the ControlNet's
+    one-of-two rule when one is served."""
+    signature = inspect.signature(endpoint)
+    params = []
+    for p in signature.parameters.values():
+        if p.name in ADDON_FIELDS and p.name not in served:
+            continue
+        if p.name == "ip_adapter_image":  # every edit on this model needs its reference image
+            p = p.replace(annotation=UploadFile, default=File(..., description=IP_ADAPTER_IMAGE_HELP))
+        params.append(p)
+    endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    extra = _files(*files, *sorted(f for f in served if f.endswith("_image") and f in signature.parameters))
+    if "control_from" in served:
+        extra[FORM_RULE] = CONTROL_RULE
+    return extra
+
+
+async def _addon_uploads(request: Request, served: set[str], service: EditService, control_image: Optional[UploadFile],
+                         ip_adapter_image: Optional[UploadFile]) -> tuple[Optional[bytes], Optional[bytes]]:
+    """422 for an add-on field the served model has not loaded; the control and IP-Adapter image bytes."""
+    form = await request.form()
+    unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
+    if unserved:  # the fields exist (and are documented) only for a served model with that add-on
+        raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
+                            f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
+    control = await _read(control_image, "control image", service.max_upload_bytes, required=False)
+    ip = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
+    return control, ip
+
+
+def _decode_addon_images(service: EditService, control: Optional[bytes], ip: Optional[bytes]) -> dict[str, Any]:
+    """The decoded add-on images of a request, as :class:`~diffdiff.request.EditRequest` fields."""
+    images: dict[str, Any] = {}
+    if control:
+        images["control_image"] = service.decode(control, "control image")
+    if ip:
+        images["ip_adapter_image"] = service.decode(ip, "IP-Adapter image")
+    return images
+
 
 def _served_addon_fields(service: EditService) -> set[str]:
     """The add-on fields of the model this server was given (none for a lazily loaded one)."""
@@ -434,26 +498,21 @@ def build_router(service: EditService) -> APIRouter:
         polarity: Literal["change", "keep"] = Form("change", description="'change': white = change; 'keep': white = keep"),
         paste_back: bool = Form(True, description="Copy map = 0 pixels back exactly"),
         skip_frozen: bool = Form(False, description="Run the model each step only where pixels are free (faster)"),
-        control_image: Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio")] = None,
-        control_from: Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")] = None,
-        controlnet_scale: Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False, description="ControlNet conditioning scale [default: 1.0]")] = None,
-        ip_adapter_image: Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")] = None,
+        control_image: ControlImage = None,
+        control_from: ControlFrom = None,
+        controlnet_scale: ControlScale = None,
+        ip_adapter_image: IpAdapterImage = None,
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
+        control_data, ip_data = await _addon_uploads(request, served, service, control_image, ip_adapter_image)
         form = await request.form()
-        unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
-        if unserved:  # the fields exist (and are documented) only for a served model with that add-on
-            raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
-                                f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
         # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
         lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
         lora_scales = parse_scale_overrides(lora_values, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
-        control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
-        ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
 
         def prepare() -> tuple[Image.Image, Image.Image, EditRequest]:
             edit_request = EditRequest(
@@ -467,11 +526,7 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
             # Add-on images for what the served model has loaded (checked against it in the edit).
-            addon_images: dict[str, Any] = {}
-            if control_data:
-                addon_images["control_image"] = service.decode(control_data, "control image")
-            if ip_data:
-                addon_images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
+            addon_images = _decode_addon_images(service, control_data, ip_data)
             if lora_scales:  # the metadata records the scales this request ran with
                 edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
@@ -487,15 +542,9 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(_first_image(out), notes)
 
     # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
-    signature = inspect.signature(edit)
-    edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p for p in signature.parameters.values() if p.name not in ADDON_FIELDS or p.name in served])
-    files = ["image", "map", *sorted(f for f in served if f.endswith("_image"))]
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
-                openapi_extra=_files(*files))(edit)
+                openapi_extra=_serve_addon_fields(edit, served, ["image", "map"]))(edit)
 
-    @router.post("/fan", summary="Strength fan: one row of edits at increasing strength",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "map"))
     async def fan(
         request: Request,
         image: UploadFile = File(..., description="Image (at least `columns` pixels wide)"),
@@ -510,11 +559,17 @@ def build_router(service: EditService) -> APIRouter:
         seed: Optional[int] = _seed(),
         polarity: Literal["change", "keep"] = Form("change"),
         skip_frozen: bool = Form(True, description="Model only on the columns free at each step (false: full frame)"),
+        control_image: ControlImage = None,
+        control_from: ControlFrom = None,
+        controlnet_scale: ControlScale = None,
+        ip_adapter_image: IpAdapterImage = None,
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"])
+        control_data, ip_data = await _addon_uploads(request, served, service, control_image, ip_adapter_image)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
+        addons: dict[str, Any] = {}
 
         def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any]]:
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
@@ -527,6 +582,8 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
+            addons.update(_decode_addon_images(service, control_data, ip_data), control_from=control_from or None,
+                          controlnet_conditioning_scale=controlnet_scale)
             return img, cmap, extra
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any]]) -> Any:
@@ -535,6 +592,7 @@ def build_router(service: EditService) -> APIRouter:
                                   "skip_frozen": skip_frozen}
             if p[2]:
                 kw["pipeline_kwargs"] = p[2]
+            kw.update({k: v for k, v in addons.items() if v is not None})  # what the served add-ons take
             return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
                                       max_strength=max_strength, change_map=p[1], **kw)
 
@@ -546,8 +604,15 @@ def build_router(service: EditService) -> APIRouter:
         }
         return _png_response(img, notes, meta)
 
+    router.post("/fan", summary="Strength fan: one row of edits at increasing strength", response_class=Response,
+                responses=PNG_RESPONSE, openapi_extra=_serve_addon_fields(fan, served, ["image", "map"]))(fan)
+    # An operation the loaded model cannot run answers 501 (features in /api/health say so) but is not
+    # published: every schema-valid request would fail.
+    features = service.features()
+
     @router.post("/auto-map", summary="Change map from source/target prompts (DiffEdit-style)",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"))
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"),
+                 include_in_schema=features["auto_map"])
     async def auto_map(
         request: Request,
         image: UploadFile = File(..., description="Image (any format Pillow reads)"),
@@ -576,7 +641,8 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(img, notes, meta)
 
     @router.post("/diffedit", summary="DiffEdit: automatic mask from prompts, then a masked edit",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "mask"))
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "mask"),
+                 include_in_schema=features["diffedit"])
     async def diffedit(
         request: Request,
         image: UploadFile = File(..., description="Image (any format Pillow reads)"),
