@@ -25,12 +25,26 @@ from .protocol import EditorLike
 SUPPORTED_FAMILIES = ("sd", "sdxl")
 
 
+def unsupported_reason(editor: Any) -> Optional[str]:
+    """Why automatic maps and DiffEdit cannot run on ``editor`` (None: they can).
+
+    They call the UNet themselves with text conditioning only: a family they do not know, or a UNet
+    an IP-Adapter was loaded into (it then demands an image prompt on every call), is refused.
+    """
+    family = getattr(editor, "family", None)
+    if family not in SUPPORTED_FAMILIES:
+        return f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {family} family"
+    unet = getattr(getattr(editor, "pipe", None), "unet", None)
+    if getattr(getattr(unet, "config", None), "encoder_hid_dim_type", None) == "ip_image_proj":
+        return "automatic maps and DiffEdit do not take an IP-Adapter's image prompt; load the model without ip_adapter="
+    return None
+
+
 def require_family(editor: EditorLike) -> None:
-    """Automatic maps and DiffEdit call the UNet themselves: only for the families they know."""
-    if editor.family not in SUPPORTED_FAMILIES:
-        raise UnsupportedFeatureError(
-            f"automatic maps and DiffEdit support SD 1.x/2.x and SDXL, not the {editor.family} family"
-        )
+    """Automatic maps and DiffEdit call the UNet themselves: only where :func:`unsupported_reason` allows."""
+    reason = unsupported_reason(editor)
+    if reason is not None:
+        raise UnsupportedFeatureError(reason)
 
 
 @dataclass

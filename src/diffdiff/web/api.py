@@ -256,7 +256,7 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
                 prop[key] = int(prop[key])
     if prop.get("type") == "boolean":
         prop["description"] = (prop.get("description", "") + " " + BOOL_TEXT).strip()
-    is_text = prop.get("type") == "string" and "enum" not in prop
+    is_text = prop.get("type") == "string" and "enum" not in prop and "const" not in prop  # a one-value Literal: const
     if not required and not is_text and "anyOf" not in prop:
         meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
         prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from ..denoise import SUPPORTED_FAMILIES
+from ..denoise import unsupported_reason
 from ..errors import DiffDiffError
 from ..io import pnginfo_for
 
@@ -105,7 +105,7 @@ class EditService:
         return self._editor
 
     def features(self) -> dict[str, bool]:
-        """Which operations the model can run: DiffEdit and auto maps need an SD or SDXL family.
+        """Which operations the model can run: DiffEdit and auto maps need an SD or SDXL family (and no IP-Adapter).
 
         Before a lazily loaded model is loaded its family is unknown; every feature is then
         reported available (a request for one the model lacks gets 501 once it is loaded).
@@ -118,7 +118,7 @@ class EditService:
             elif not callable(getattr(ed, name, None)):
                 out[name] = False
             else:
-                out[name] = name not in NEEDS_NOISE_PREDICTOR or getattr(ed, "family", None) in SUPPORTED_FAMILIES
+                out[name] = name not in NEEDS_NOISE_PREDICTOR or unsupported_reason(ed) is None
         return out
 
     # the queue ------------------------------------------------------------------------------------
