@@ -11,8 +11,10 @@ Uploads are decoded in memory; filenames the client sends are ignored, so nothin
 a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
-lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request
-LoRA scales) are declared only for what the served model has loaded; ``pipeline_kwargs`` (extra arguments for
+lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter on ``/edit`` and
+``/fan``, per-request LoRA scales on ``/edit``) are declared only for what the served model has loaded, a
+served IP-Adapter's image as required and a ControlNet's "control_image or control_from" as the body's
+rule; an operation the loaded model cannot run is not published (it answers 501); ``pipeline_kwargs`` (extra arguments for
 the diffusers call, JSON text) is declared as the object it carries, from the served pipeline's signature
 (:mod:`.pipeargs`). Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
