@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, Optional
 
 import anyio
@@ -383,6 +383,8 @@ def _first_image(out: Any) -> Image.Image:
 #: /api/edit's add-on fields, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
                 "ip_adapter_image": "ip_adapter", "lora": "loras"}
+#: Those /api/fan takes (per-request LoRA scales are /api/edit's only).
+FAN_ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "ip_adapter_image")
 #: What each kind of add-on is called in messages.
 ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
@@ -427,11 +429,13 @@ def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: l
     return extra
 
 
-async def _addon_uploads(request: Request, served: set[str], service: EditService, control_image: Optional[UploadFile],
+async def _addon_uploads(request: Request, fields: Iterable[str], served: set[str], service: EditService,
+                         control_image: Optional[UploadFile],
                          ip_adapter_image: Optional[UploadFile]) -> tuple[Optional[bytes], Optional[bytes]]:
-    """422 for an add-on field the served model has not loaded; the control and IP-Adapter image bytes."""
+    """422 for one of the operation's add-on ``fields`` that the served model has not loaded; the control
+    and IP-Adapter image bytes."""
     form = await request.form()
-    unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
+    unserved = sorted(set(fields) & set(form.keys()) - served)
     if unserved:  # the fields exist (and are documented) only for a served model with that add-on
         raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
                             f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
@@ -508,7 +512,8 @@ def build_router(service: EditService) -> APIRouter:
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora",))
-        control_data, ip_data = await _addon_uploads(request, served, service, control_image, ip_adapter_image)
+        control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
+                                                     ip_adapter_image)
         form = await request.form()
         # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
         lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
@@ -568,12 +573,12 @@ def build_router(service: EditService) -> APIRouter:
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"])
-        control_data, ip_data = await _addon_uploads(request, served, service, control_image, ip_adapter_image)
+        control_data, ip_data = await _addon_uploads(request, FAN_ADDON_FIELDS, served, service, control_image,
+                                                     ip_adapter_image)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
-        addons: dict[str, Any] = {}
 
-        def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any]]:
+        def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any], dict[str, Any]]:
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
             extra = extra_args.parse(pipeline_kwargs)
             if min_strength > max_strength:
@@ -584,17 +589,16 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
-            addons.update(_decode_addon_images(service, control_data, ip_data), control_from=control_from or None,
-                          controlnet_conditioning_scale=controlnet_scale)
-            return img, cmap, extra
+            addons = _decode_addon_images(service, control_data, ip_data)  # what the served add-ons take
+            addons.update(control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale)
+            return img, cmap, extra, {k: v for k, v in addons.items() if v is not None}
 
-        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any]]) -> Any:
+        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any], dict[str, Any]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
                                   "guidance_scale": guidance, "seed": seed, "polarity": polarity,
-                                  "skip_frozen": skip_frozen}
+                                  "skip_frozen": skip_frozen, **p[3]}
             if p[2]:
                 kw["pipeline_kwargs"] = p[2]
-            kw.update({k: v for k, v in addons.items() if v is not None})  # what the served add-ons take
             return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
                                       max_strength=max_strength, change_map=p[1], **kw)
 
