@@ -10,6 +10,7 @@ no 5xx, declared status codes and bodies, schema-valid requests accepted, invali
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -261,3 +262,25 @@ def test_auto_map_and_diffedit_with_an_ip_adapter_are_one_line_501(ip_editor: Ed
             for path, extra in (("/api/auto-map", {"num_maps": "1"}), ("/api/diffedit", {"steps": "2"})):
                 r = post(c, path, {**prompts, **extra}, image=IMAGE)
                 assert r.status_code == 501 and why in r.json()["error"], (path, r.text)
+
+
+def test_an_integer_pipeline_argument_takes_a_whole_float(controlnet_editor: Editor, sd_editor: Editor) -> None:
+    """Found by the fuzz (ControlNet server, ``pipeline_kwargs={"clip_skip": -2.0, ...}``): the schema says
+    integer, which in JSON Schema includes -2.0, but the server's strict check refused it (422 on a valid
+    request). A whole float is now taken as that integer; 1.5 and "1" are still refused."""
+    with TestClient(create_app(sd_editor, ui=False)) as c:
+        field = body_schema(c, "/api/edit")["properties"]["pipeline_kwargs"]  # the object, or empty for none
+        (obj,) = [branch for branch in field["anyOf"] if branch.get("type") == "object"]
+        clip_skip = obj["properties"]["clip_skip"]
+        checks = Draft202012Validator(clip_skip)
+        for value, valid in ((1.0, True), (1, True), (1.5, False), ("1", False)):
+            assert checks.is_valid(value) is valid, value
+            r = post(c, "/api/edit", {**EDIT, "pipeline_kwargs": json.dumps({"clip_skip": value})}, image=IMAGE, map=MAP)
+            assert r.status_code == (200 if valid else 422), (value, r.text)
+            if valid:
+                assert read_metadata(Image.open(io.BytesIO(r.content)))["pipeline_kwargs"] == {"clip_skip": 1}
+    with TestClient(create_app(controlnet_editor, ui=False)) as c:  # a float argument keeps its float
+        r = post(c, "/api/edit", {**EDIT, "control_from": "canny", "pipeline_kwargs": '{"control_guidance_end": 1.0}'},
+                 image=IMAGE, map=MAP)
+        assert r.status_code == 200, r.text
+        assert read_metadata(Image.open(io.BytesIO(r.content)))["pipeline_kwargs"] == {"control_guidance_end": 1.0}

@@ -1,0 +1,263 @@
+"""The REST API of a server with add-ons loaded agrees with its own schema (schemathesis, in-process).
+
+``tests/test_web_schema.py`` fuzzes a plain model's server. A server with a ControlNet and an
+IP-Adapter loaded declares more on ``/api/edit`` (``control_image``, ``control_from``,
+``controlnet_scale``, ``ip_adapter_image``) and runs its other operations on a pipeline that has the
+add-ons attached; both get the same checks here, from the same hooks (``tests/schemathesis_hooks.py``):
+no 5xx, declared status codes and bodies, schema-valid requests accepted, invalid ones refused.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jsonschema import Draft202012Validator
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+schemathesis = pytest.importorskip("schemathesis")
+pytest.importorskip("cv2")  # control_from="canny"
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import schemathesis_hooks as hooks  # noqa: E402
+from diffdiff import Editor  # noqa: E402
+from diffdiff.errors import UnsupportedFeatureError  # noqa: E402
+from diffdiff.io import image_sha256, read_metadata  # noqa: E402
+from diffdiff.testing import sample_image  # noqa: E402
+from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter  # noqa: E402
+from diffdiff.web import create_app  # noqa: E402
+
+SEED = 2
+MAX_EXAMPLES = 60
+MAX_STEPS = 4
+#: The add-on fields of /api/edit on this server.
+ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "ip_adapter_image")
+PART_NAME = re.compile(rb'Content-Disposition: form-data; name="([^"]+)"')
+
+pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.errors.DiffDiffWarning")
+
+
+class FieldRecorder:
+    """ASGI wrapper counting (method, path, status) of every answer, and (field, status) of the
+    multipart fields each ``/api/edit`` request sent: the fuzz must reach the add-on fields."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: Counter[tuple[str, str, int]] = Counter()
+        self.edit_fields: Counter[tuple[str, int]] = Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+
+        async def read() -> Any:
+            message = await receive()
+            if message.get("type") == "http.request":
+                body.extend(message.get("body", b""))
+            return message
+
+        async def record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.seen[(scope["method"], scope["path"], status)] += 1
+                if scope["path"] == "/api/edit":
+                    for name in {m.decode() for m in PART_NAME.findall(bytes(body))}:
+                        self.edit_fields[(name, status)] += 1
+            await send(message)
+
+        await self.app(scope, read, record)
+
+
+def serve(editor: Editor) -> FieldRecorder:
+    side = hooks.MAX_SIDE
+    return FieldRecorder(create_app(editor, ui=False, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
+
+
+def fuzz_schema(app: FieldRecorder) -> Any:
+    config = schemathesis.Config.from_dict({
+        "seed": SEED,
+        "cache": {"enabled": False},
+        "generation": {"max-examples": MAX_EXAMPLES, "database": "none", "mode": "all"},
+        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
+        "checks": {"enabled": True},
+    })
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+
+
+@pytest.fixture(scope="module")
+def addon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz-addons")
+
+
+@pytest.fixture(scope="module")
+def controlnet_editor(tiny_sd_path: Path, addon_dir: Path) -> Editor:
+    net = build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
+    return Editor.from_pretrained(tiny_sd_path, controlnet=net, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ip_editor(tiny_sd_path: Path, addon_dir: Path) -> Editor:
+    weights = build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
+    return Editor.from_pretrained(tiny_sd_path, ip_adapter=weights, progress=False)
+
+
+@pytest.fixture(scope="module")
+def controlnet_app(controlnet_editor: Editor) -> FieldRecorder:
+    return serve(controlnet_editor)
+
+
+@pytest.fixture(scope="module")
+def ip_app(ip_editor: Editor) -> FieldRecorder:
+    return serve(ip_editor)
+
+
+@pytest.fixture(scope="module")
+def controlnet_schema(controlnet_app: FieldRecorder) -> Any:
+    return fuzz_schema(controlnet_app)
+
+
+@pytest.fixture(scope="module")
+def ip_schema(ip_app: FieldRecorder) -> Any:
+    return fuzz_schema(ip_app)
+
+
+controlnet_fuzz = schemathesis.pytest.from_fixture("controlnet_schema")
+ip_fuzz = schemathesis.pytest.from_fixture("ip_schema")
+
+
+@controlnet_fuzz.parametrize()
+def test_a_controlnet_server_agrees_with_its_schema(case: Any) -> None:
+    """/api/edit and /api/fan declare control_image, control_from and controlnet_scale (one of the first
+    two, the body's rule); auto-map and DiffEdit, which the sd-controlnet family cannot run, are not published."""
+    case.call_and_validate()
+
+
+@ip_fuzz.parametrize()
+def test_an_ip_adapter_server_agrees_with_its_schema(case: Any) -> None:
+    """/api/edit and /api/fan require ip_adapter_image; auto-map and DiffEdit run with the IP-Adapter loaded."""
+    case.call_and_validate()
+
+
+def test_the_addon_fuzz_reached_the_model_and_the_refusals(controlnet_app: FieldRecorder, ip_app: FieldRecorder) -> None:
+    """Runs after the two fuzzes: /api/edit and /api/fan answered 200 (the model ran with its add-on) and
+    422 on both servers, each add-on field was sent in requests answered 200 and in refused ones, no 5xx."""
+    if not (controlnet_app.seen and ip_app.seen):
+        pytest.skip("the add-on fuzz did not run in this session (deselected)")
+    for app, fields in ((controlnet_app, ("control_image", "control_from", "controlnet_scale")),
+                        (ip_app, ("ip_adapter_image",))):
+        for path in ("/api/edit", "/api/fan"):
+            statuses = {st for (m, p, st) in app.seen if (m, p) == ("POST", path)}
+            assert {200, 422} <= statuses, (path, statuses)
+        for name in fields:
+            assert {200, 422} <= {st for (f, st) in app.edit_fields if f == name}, (name, app.edit_fields)
+        assert not any(st >= 500 for (_, _, st) in app.seen), app.seen
+
+
+# ---------------------------------------------------------------- regression tests of what the fuzz found
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+IMAGE, CONTROL, REFERENCE = sample_image(32, 32, seed=3), sample_image(32, 32, seed=7), sample_image(24, 24, seed=9)
+MAP = Image.fromarray(np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1)), "L")
+
+
+def body_schema(client: TestClient, path: str) -> dict[str, Any]:
+    return hooks.form_schema(client.get("/openapi.json").json(), path)
+
+
+def post(client: TestClient, path: str, data: dict[str, str], **images: Image.Image) -> Any:
+    files = {name: (f"{name}.png", png(img), "image/png") for name, img in images.items()}
+    return client.post(path, files=files, data=data)
+
+
+EDIT = {"prompt": "a fox", "steps": "2", "seed": "5"}
+FAN = {"prompt": "a fox", "steps": "2", "seed": "5", "columns": "2"}
+
+
+def test_a_served_ip_adapter_makes_its_image_required(ip_editor: Editor) -> None:
+    """Found by the fuzz: ``ip_adapter_image`` was optional in the schema, but every edit without it was 422."""
+    with TestClient(create_app(ip_editor, ui=False)) as c:
+        for path, data, images in (("/api/edit", EDIT, {"image": IMAGE, "map": MAP}), ("/api/fan", FAN, {"image": IMAGE})):
+            assert "ip_adapter_image" in body_schema(c, path)["required"], path
+            r = post(c, path, data, **images)
+            assert r.status_code == 422 and "ip_adapter_image" in r.json()["error"], (path, r.text)
+            ok = post(c, path, data, **images, ip_adapter_image=REFERENCE)
+            assert ok.status_code == 200, (path, ok.text)
+            meta = read_metadata(Image.open(io.BytesIO(ok.content)))
+            assert meta["ip_adapter_image_sha256"] == image_sha256(REFERENCE), path
+
+
+@pytest.mark.parametrize("path", ["/api/edit", "/api/fan"])
+def test_a_served_controlnet_publishes_its_one_of_two_rule(controlnet_editor: Editor, path: str) -> None:
+    """Found by the fuzz: control_image and control_from were both optional in the schema, but an edit needs
+    exactly one of them. The body's schema now says so, and the server agrees with it case by case."""
+    data, images = (EDIT, {"image": IMAGE, "map": MAP}) if path == "/api/edit" else (FAN, {"image": IMAGE})
+    with TestClient(create_app(controlnet_editor, ui=False)) as c:
+        validator = Draft202012Validator(body_schema(c, path))
+        cases = {  # (form text, upload a control image?) -> valid
+            "neither": ({}, False, False), "the image": ({}, True, True), "canny": ({"control_from": "canny"}, False, True),
+            "both": ({"control_from": "canny"}, True, False), "empty control_from + image": ({"control_from": ""}, True, True),
+        }
+        for name, (extra, with_image, valid) in cases.items():
+            instance = {"prompt": "a fox", **extra, **dict.fromkeys(images, "<file>")}  # as the schema reads the body
+            if with_image:
+                instance["control_image"] = "<file>"
+            assert validator.is_valid(instance) is valid, name
+            r = post(c, path, {**data, **extra}, **images, **({"control_image": CONTROL} if with_image else {}))
+            assert r.status_code == (200 if valid else 422), (name, r.text)
+            if valid:
+                meta = read_metadata(Image.open(io.BytesIO(r.content)))
+                assert meta["controlnet"] == ["controlnet"], name
+                assert (meta.get("control_from"), meta.get("control_image_sha256")) == (
+                    ("canny", None) if "control_from" in extra and extra["control_from"] else (None, [image_sha256(CONTROL)]))
+
+
+def test_the_fan_takes_the_served_addons_as_the_python_api_does(controlnet_editor: Editor, ip_editor: Editor) -> None:
+    """Found by the fuzz: /api/fan had no add-on fields, so on a ControlNet or IP-Adapter server every fan was
+    refused. Its answer is now the Python API's fan with the same control / reference image."""
+    kw = {"num_inference_steps": 2, "seed": 5, "columns": 2}
+    for editor, data, addon in ((controlnet_editor, {"controlnet_scale": "0.5"}, {"control_image": CONTROL}),
+                                (ip_editor, {}, {"ip_adapter_image": REFERENCE})):
+        with TestClient(create_app(editor, ui=False)) as c:
+            r = post(c, "/api/fan", {**FAN, **data}, image=IMAGE, **addon)
+            assert r.status_code == 200, r.text
+        extra = {"controlnet_conditioning_scale": 0.5} if data else {}
+        want = editor.fan(IMAGE, "a fox", **kw, **addon, **extra)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), np.asarray(want.convert("RGB")))
+    with TestClient(create_app(controlnet_editor, ui=False)) as c:  # the fields exist only for what is loaded
+        r = post(c, "/api/fan", FAN, image=IMAGE, ip_adapter_image=REFERENCE)
+        assert r.status_code == 422 and "no IP-Adapter loaded" in r.json()["error"]
+
+
+def test_auto_map_and_diffedit_with_an_ip_adapter_are_one_line_501(ip_editor: Editor, controlnet_editor: Editor) -> None:
+    """Found by the fuzz: with an IP-Adapter loaded, /api/auto-map and /api/diffedit crashed inside the UNet
+    (500, a TypeError: it wants an image prompt on every call). They are now refused as the model's lack
+    (Python: UnsupportedFeatureError; REST: 501, false in features), and not published, like those of a
+    ControlNet server (the sd-controlnet family has no direct denoiser)."""
+    with pytest.raises(UnsupportedFeatureError, match="IP-Adapter"):
+        ip_editor.auto_map(IMAGE, "a cat", "a dog", num_maps=1, seed=0)
+    with pytest.raises(UnsupportedFeatureError, match="IP-Adapter"):
+        ip_editor.diffedit(IMAGE, "a cat", "a dog", num_inference_steps=2, seed=0)
+    prompts = {"source_prompt": "a cat", "target_prompt": "a dog", "seed": "0"}
+    for editor, why in ((ip_editor, "IP-Adapter"), (controlnet_editor, "sd-controlnet")):
+        with TestClient(create_app(editor, ui=False)) as c:
+            assert c.get("/api/health").json()["features"] == {"edit": True, "fan": True, "auto_map": False, "diffedit": False}
+            assert {"/api/edit", "/api/fan", "/api/health"} == set(c.get("/openapi.json").json()["paths"])
+            for path, extra in (("/api/auto-map", {"num_maps": "1"}), ("/api/diffedit", {"steps": "2"})):
+                r = post(c, path, {**prompts, **extra}, image=IMAGE)
+                assert r.status_code == 501 and why in r.json()["error"], (path, r.text)
