@@ -31,7 +31,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import schemathesis_hooks as hooks  # noqa: E402
 from diffdiff import Editor  # noqa: E402
-from diffdiff.errors import UnsupportedFeatureError  # noqa: E402
+from diffdiff.addon_inputs import UNION_MODES  # noqa: E402
+from diffdiff.errors import DiffDiffError, UnsupportedFeatureError  # noqa: E402
 from diffdiff.io import image_sha256, read_metadata  # noqa: E402
 from diffdiff.testing import sample_image  # noqa: E402
 from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter  # noqa: E402
@@ -86,11 +87,11 @@ def serve(editor: Editor) -> FieldRecorder:
     return FieldRecorder(create_app(editor, ui=False, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
 
 
-def fuzz_schema(app: FieldRecorder) -> Any:
+def fuzz_schema(app: FieldRecorder, examples: int = MAX_EXAMPLES) -> Any:
     config = schemathesis.Config.from_dict({
         "seed": SEED,
         "cache": {"enabled": False},
-        "generation": {"max-examples": MAX_EXAMPLES, "database": "none", "mode": "all"},
+        "generation": {"max-examples": examples, "database": "none", "mode": "all"},
         "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
         "checks": {"enabled": True},
     })
@@ -115,6 +116,12 @@ def ip_editor(tiny_sd_path: Path, addon_dir: Path) -> Editor:
 
 
 @pytest.fixture(scope="module")
+def union_editor(tiny_sdxl_path: Path, addon_dir: Path) -> Editor:
+    net = build_tiny_controlnet(addon_dir / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
+    return Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+
+
+@pytest.fixture(scope="module")
 def controlnet_app(controlnet_editor: Editor) -> FieldRecorder:
     return serve(controlnet_editor)
 
@@ -122,6 +129,16 @@ def controlnet_app(controlnet_editor: Editor) -> FieldRecorder:
 @pytest.fixture(scope="module")
 def ip_app(ip_editor: Editor) -> FieldRecorder:
     return serve(ip_editor)
+
+
+@pytest.fixture(scope="module")
+def union_app(union_editor: Editor) -> FieldRecorder:
+    return serve(union_editor)
+
+
+@pytest.fixture(scope="module")
+def union_schema(union_app: FieldRecorder) -> Any:
+    return fuzz_schema(union_app, UNION_EXAMPLES)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +153,9 @@ def ip_schema(ip_app: FieldRecorder) -> Any:
 
 controlnet_fuzz = schemathesis.pytest.from_fixture("controlnet_schema")
 ip_fuzz = schemathesis.pytest.from_fixture("ip_schema")
+union_fuzz = schemathesis.pytest.from_fixture("union_schema")
+#: The SDXL ControlNet Union server: fewer examples (its model is the slowest here).
+UNION_EXAMPLES = 20
 
 
 @controlnet_fuzz.parametrize()
@@ -151,13 +171,21 @@ def test_an_ip_adapter_server_agrees_with_its_schema(case: Any) -> None:
     case.call_and_validate()
 
 
-def test_the_addon_fuzz_reached_the_model_and_the_refusals(controlnet_app: FieldRecorder, ip_app: FieldRecorder) -> None:
-    """Runs after the two fuzzes: /api/edit and /api/fan answered 200 (the model ran with its add-on) and
-    422 on both servers, each add-on field was sent in requests answered 200 and in refused ones, no 5xx."""
-    if not (controlnet_app.seen and ip_app.seen):
+@union_fuzz.parametrize()
+def test_a_controlnet_union_server_agrees_with_its_schema(case: Any) -> None:
+    """An SDXL ControlNet Union server: /api/edit and /api/fan declare control_mode too, required with a
+    control image (the body's rule)."""
+    case.call_and_validate()
+
+
+def test_the_addon_fuzz_reached_the_model_and_the_refusals(controlnet_app: FieldRecorder, ip_app: FieldRecorder,
+                                                            union_app: FieldRecorder) -> None:
+    """Runs after the fuzzes: /api/edit and /api/fan answered 200 (the model ran with its add-on) and 422 on
+    every server, each add-on field was sent in requests answered 200 and in refused ones, no 5xx."""
+    if not (controlnet_app.seen and ip_app.seen and union_app.seen):
         pytest.skip("the add-on fuzz did not run in this session (deselected)")
     for app, fields in ((controlnet_app, ("control_image", "control_from", "controlnet_scale")),
-                        (ip_app, ("ip_adapter_image",))):
+                        (ip_app, ("ip_adapter_image",)), (union_app, ("control_image", "control_mode"))):
         for path in ("/api/edit", "/api/fan"):
             statuses = {st for (m, p, st) in app.seen if (m, p) == ("POST", path)}
             assert {200, 422} <= statuses, (path, statuses)
@@ -284,3 +312,41 @@ def test_an_integer_pipeline_argument_takes_a_whole_float(controlnet_editor: Edi
                  image=IMAGE, map=MAP)
         assert r.status_code == 200, r.text
         assert read_metadata(Image.open(io.BytesIO(r.content)))["pipeline_kwargs"] == {"control_guidance_end": 1.0}
+
+
+def test_a_controlnet_union_server_takes_a_control_mode(union_editor: Editor, controlnet_editor: Editor) -> None:
+    """Found by the fuzz of a ControlNet Union server: a control image needs a control type, which /api/edit
+    had no field for, so every edit with a control image was 422. ``control_mode`` (a name) is now a field of
+    such a server, required with control_image (the body's rule) and reaching the model: its number is in the
+    metadata and another mode gives other pixels; a plain ControlNet server refuses it."""
+    with TestClient(create_app(union_editor, ui=False)) as c:
+        schema = body_schema(c, "/api/edit")
+        validator = Draft202012Validator(schema)
+        base = {"prompt": "a fox", "image": "<file>", "map": "<file>", "control_image": "<file>"}
+        assert not validator.is_valid(base) and validator.is_valid({**base, "control_mode": "depth"})
+        r = post(c, "/api/edit", EDIT, image=IMAGE, map=MAP, control_image=CONTROL)
+        assert r.status_code == 422 and "control_mode" in r.json()["error"], r.text
+        pixels = {}
+        for mode, number in (("depth", 1), ("segment", 5)):
+            r = post(c, "/api/edit", {**EDIT, "control_mode": mode}, image=IMAGE, map=MAP, control_image=CONTROL)
+            assert r.status_code == 200, r.text
+            out = Image.open(io.BytesIO(r.content))
+            assert read_metadata(out)["control_mode"] == number
+            pixels[mode] = np.asarray(out.convert("RGB"))
+        assert not np.array_equal(pixels["depth"], pixels["segment"])
+        assert "control_mode" in body_schema(c, "/api/fan")["properties"]
+        # Found next: modes past the model's num_control_type (tile, repaint on a 6-type Union) were a 500
+        # (diffusers' ValueError); the schema now lists the model's modes and the rest are one line.
+        types = union_editor.pipe.controlnet.config.num_control_type
+        modes = [name for name, number in UNION_MODES.items() if number < types]
+        assert types < len(UNION_MODES) and validator.is_valid({**base, "control_mode": modes[-1]})
+        too_far = next(name for name, number in UNION_MODES.items() if number == types)
+        assert not validator.is_valid({**base, "control_mode": too_far})
+        r = post(c, "/api/edit", {**EDIT, "control_mode": too_far}, image=IMAGE, map=MAP, control_image=CONTROL)
+        assert r.status_code == 422, r.text
+    with pytest.raises(DiffDiffError, match=f"control mode {types} is not one this ControlNet Union was trained with"):
+        union_editor.edit(IMAGE, MAP, "a fox", num_inference_steps=2, control_image=CONTROL, control_mode=too_far)
+    with TestClient(create_app(controlnet_editor, ui=False)) as c:
+        assert "control_mode" not in body_schema(c, "/api/edit")["properties"]
+        r = post(c, "/api/edit", {**EDIT, "control_mode": "depth"}, image=IMAGE, map=MAP, control_image=CONTROL)
+        assert r.status_code == 422 and "no ControlNet Union loaded" in r.json()["error"], r.text

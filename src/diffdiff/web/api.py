@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from ..addon_inputs import UNION_MODES, controlnets_of, served_union_modes
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
 from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
@@ -382,11 +383,11 @@ def _first_image(out: Any) -> Image.Image:
 
 #: /api/edit's add-on fields, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
-                "ip_adapter_image": "ip_adapter", "lora": "loras"}
+                "control_mode": "union", "ip_adapter_image": "ip_adapter", "lora": "loras"}
 #: Those /api/fan takes (per-request LoRA scales are /api/edit's only).
-FAN_ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "ip_adapter_image")
+FAN_ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "control_mode", "ip_adapter_image")
 #: What each kind of add-on is called in messages.
-ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
+ADDON_NAMES = {"controlnets": "ControlNet", "union": "ControlNet Union", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
 # The add-on fields /api/edit and /api/fan share (declared once; each operation keeps the served ones).
 ControlImage = Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio "
@@ -395,6 +396,8 @@ ControlFrom = Annotated[Optional[Literal["canny"]], Form(description="Derive the
                                                                      "(or control_image; one of the two)")]
 ControlScale = Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False,
                                                description="ControlNet conditioning scale [default: 1.0]")]
+CONTROL_MODE_HELP = "ControlNet Union's control type (required with control_image; with control_from it defaults to that)"
+ControlMode = Annotated[Optional[Literal[tuple(UNION_MODES)]], Form(description=CONTROL_MODE_HELP)]  # type: ignore[valid-type]
 IP_ADAPTER_IMAGE_HELP = "IP-Adapter reference image (required: this server's model has an IP-Adapter loaded)"
 IpAdapterImage = Annotated[Optional[UploadFile], File(description=IP_ADAPTER_IMAGE_HELP)]
 
@@ -402,18 +405,25 @@ IpAdapterImage = Annotated[Optional[UploadFile], File(description=IP_ADAPTER_IMA
 #: :func:`install_openapi`): what relates several fields, which no one field's schema can say.
 FORM_RULE = "x-diffdiff-form-rule"
 
-#: With a ControlNet served: a control image, or control_from (non-empty), and not both.
-CONTROL_RULE: dict[str, Any] = {"anyOf": [
-    {"required": ["control_image"], "properties": {"control_from": {"type": "string", "maxLength": 0}}},
-    {"required": ["control_from"], "properties": {"control_from": {"enum": ["canny"]}, "control_image": False}},
-]}
 
 
-def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: list[str]) -> dict[str, Any]:
+def _control_rule(union: Optional[list[str]]) -> dict[str, Any]:
+    """With a ControlNet served: a control image, or control_from (non-empty), and not both; a ControlNet
+    Union's control image also needs its control_mode, one of ``union`` (control_from names one itself)."""
+    image: dict[str, Any] = {"required": ["control_image"], "properties": {"control_from": {"type": "string", "maxLength": 0}}}
+    if union is not None:
+        image = {"required": ["control_image", "control_mode"],
+                 "properties": {**image["properties"], "control_mode": {"enum": union}}}
+    derived = {"required": ["control_from"], "properties": {"control_from": {"enum": ["canny"]}, "control_image": False}}
+    return {"anyOf": [image, derived]}
+
+
+def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: list[str],
+                        modes: Optional[list[str]] = None) -> dict[str, Any]:
     """Keep ``endpoint``'s add-on parameters for what the served model has loaded (the others leave its
     signature, so FastAPI neither reads nor documents them); a served IP-Adapter makes its image
-    required. Returns the operation's ``openapi_extra``: ``files``' media types, and the ControlNet's
-    one-of-two rule when one is served."""
+    required, a served ControlNet Union's ``modes`` are control_mode's values. Returns the operation's
+    ``openapi_extra``: ``files``' media types, and the ControlNet's one-of-two rule when one is served."""
     signature = inspect.signature(endpoint)
     params = []
     for p in signature.parameters.values():
@@ -421,11 +431,13 @@ def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: l
             continue
         if p.name == "ip_adapter_image":  # every edit on this model needs its reference image
             p = p.replace(annotation=UploadFile, default=File(..., description=IP_ADAPTER_IMAGE_HELP))
+        if p.name == "control_mode" and modes is not None:  # the modes this Union was trained with
+            p = p.replace(annotation=Annotated[Optional[Literal[tuple(modes)]], Form(description=CONTROL_MODE_HELP)])
         params.append(p)
     endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     extra = _files(*files, *sorted(f for f in served if f.endswith("_image") and f in signature.parameters))
     if "control_from" in served:
-        extra[FORM_RULE] = CONTROL_RULE
+        extra[FORM_RULE] = _control_rule(modes if "control_mode" in served else None)
     return extra
 
 
@@ -483,6 +495,7 @@ def build_router(service: EditService) -> APIRouter:
         )
 
     served = _served_addon_fields(service)
+    modes = list(served_union_modes(controlnets_of(getattr(service._editor, "pipe", None)))) if "control_mode" in served else None
     extra_args = PipelineArguments(getattr(service._editor, "pipe", None))
     loras = _served_loras(service)
     names = sorted(lora_names(loras))
@@ -507,6 +520,7 @@ def build_router(service: EditService) -> APIRouter:
         control_image: ControlImage = None,
         control_from: ControlFrom = None,
         controlnet_scale: ControlScale = None,
+        control_mode: ControlMode = None,
         ip_adapter_image: IpAdapterImage = None,
         lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
@@ -527,6 +541,7 @@ def build_router(service: EditService) -> APIRouter:
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
                 skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
                 control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale,
+                control_mode=control_mode or None,
                 pipeline_kwargs=extra_args.parse(pipeline_kwargs),
             )
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
@@ -550,7 +565,7 @@ def build_router(service: EditService) -> APIRouter:
 
     # The add-on fields are part of the operation (and its schema) only for what the served model has loaded.
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
-                openapi_extra=_serve_addon_fields(edit, served, ["image", "map"]))(edit)
+                openapi_extra=_serve_addon_fields(edit, served, ["image", "map"], modes))(edit)
 
     async def fan(
         request: Request,
@@ -569,6 +584,7 @@ def build_router(service: EditService) -> APIRouter:
         control_image: ControlImage = None,
         control_from: ControlFrom = None,
         controlnet_scale: ControlScale = None,
+        control_mode: ControlMode = None,
         ip_adapter_image: IpAdapterImage = None,
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
@@ -590,7 +606,8 @@ def build_router(service: EditService) -> APIRouter:
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
             addons = _decode_addon_images(service, control_data, ip_data)  # what the served add-ons take
-            addons.update(control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale)
+            addons.update(control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale,
+                          control_mode=control_mode or None)
             return img, cmap, extra, {k: v for k, v in addons.items() if v is not None}
 
         def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any], dict[str, Any]]) -> Any:
@@ -611,7 +628,7 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(img, notes, meta)
 
     router.post("/fan", summary="Strength fan: one row of edits at increasing strength", response_class=Response,
-                responses=PNG_RESPONSE, openapi_extra=_serve_addon_fields(fan, served, ["image", "map"]))(fan)
+                responses=PNG_RESPONSE, openapi_extra=_serve_addon_fields(fan, served, ["image", "map"], modes))(fan)
     # An operation the loaded model cannot run answers 501 (features in /api/health say so) but is not
     # published: every schema-valid request would fail.
     features = service.features()
