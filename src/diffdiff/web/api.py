@@ -13,8 +13,8 @@ multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undecla
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
 lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter on ``/edit`` and
 ``/fan``, per-request LoRA scales on ``/edit``) are declared only for what the served model has loaded, a
-served IP-Adapter's image as required and a ControlNet's "control_image or control_from" as the body's
-rule; an operation the loaded model cannot run is not published (it answers 501); ``pipeline_kwargs`` (extra arguments for
+served IP-Adapter's image as required and a ControlNet's "control_image or control_from" (and a
+ControlNet Union's ``control_mode`` with a control image) as the body's rule; an operation the loaded model cannot run is not published (it answers 501); ``pipeline_kwargs`` (extra arguments for
 the diffusers call, JSON text) is declared as the object it carries, from the served pipeline's signature
 (:mod:`.pipeargs`). Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
