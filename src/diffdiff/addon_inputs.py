@@ -79,6 +79,14 @@ def union_mode(mode: Any, control_from: Optional[str]) -> int:
     return int(mode)
 
 
+def served_union_modes(nets: list[Any]) -> dict[str, int]:
+    """The :data:`UNION_MODES` the ControlNet Union(s) ``nets`` were built with (``num_control_type`` of them:
+    6 for the first Union release, 8 for ProMax)."""
+    counts = [int(getattr(n.config, "num_control_type", len(UNION_MODES))) for n in nets if is_union([n])]
+    limit = min(counts, default=len(UNION_MODES))
+    return {name: number for name, number in UNION_MODES.items() if number < limit}
+
+
 def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
     """Canny edges of ``image`` (OpenCV, thresholds ``low``/``high``) as a white-on-black RGB image."""
     try:
@@ -146,6 +154,10 @@ def pipeline_inputs(pipe: Any, request: Any, work: Image.Image, source_size: tup
         kwargs["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
         if is_union(nets):
             mode = union_mode(getattr(request, "control_mode", None), control_from)
+            modes = served_union_modes(nets)
+            if mode not in modes.values():
+                names = ", ".join(f"{v} {k}" for k, v in modes.items())
+                raise DiffDiffError(f"control mode {mode} is not one this ControlNet Union was trained with: {names}")
             kwargs["control_image"], kwargs["control_mode"] = list(images), [mode] * len(images)
     ip_image = getattr(request, "ip_adapter_image", None)
     if ip_image is not None:

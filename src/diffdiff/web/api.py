@@ -11,9 +11,11 @@ Uploads are decoded in memory; filenames the client sends are ignored, so nothin
 a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
-lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request
-LoRA scales) are declared only for what the served model has loaded, ``reference_images`` (a repeated file field)
-only for a model that takes them; ``pipeline_kwargs`` (extra arguments for
+lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter on ``/edit`` and
+``/fan``, per-request LoRA scales on ``/edit``) are declared only for what the served model has loaded
+(``reference_images``, a repeated file field on ``/edit``, only for a model that takes them), a
+served IP-Adapter's image as required and a ControlNet's "control_image or control_from" (and a
+ControlNet Union's ``control_mode`` with a control image) as the body's rule; an operation the loaded model cannot run is not published (it answers 501); ``pipeline_kwargs`` (extra arguments for
 the diffusers call, JSON text) is declared as the object it carries, from the served pipeline's signature
 (:mod:`.pipeargs`). Model work runs in a worker thread, so the
 event loop keeps answering (health, other clients' 503s) while a job runs.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, Optional
 
 import anyio
@@ -37,10 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from ..addon_inputs import UNION_MODES, controlnets_of, served_union_modes
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
 from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
-from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from ..request import EditRequest, validate_edit_params
 from .pipeargs import DESCRIPTION as PIPELINE_KWARGS_HELP
 from .pipeargs import PipelineArguments
@@ -260,7 +262,7 @@ def _form_property(prop: dict[str, Any], required: bool) -> dict[str, Any]:
                 prop[key] = int(prop[key])
     if prop.get("type") == "boolean":
         prop["description"] = (prop.get("description", "") + " " + BOOL_TEXT).strip()
-    is_text = prop.get("type") == "string" and "enum" not in prop
+    is_text = prop.get("type") == "string" and "enum" not in prop and "const" not in prop  # a one-value Literal: const
     if not required and not is_text and "anyOf" not in prop:
         meta = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
         prop = {"anyOf": [prop, EMPTY_MEANS_DEFAULT], **meta}
@@ -295,6 +297,7 @@ def install_openapi(app: FastAPI) -> None:
                 if not path.startswith("/api/") or body is None:
                     continue
                 component = components[body["schema"]["$ref"].rsplit("/", 1)[-1]]
+                component.update(item["post"].pop(FORM_RULE, {}))  # the fields' joint rule, on the body
                 props = component["properties"]
                 names = REQUIRED_TEXT.get(path, ())
                 component["required"] = sorted(set(component.get("required", [])) | set(names))
@@ -383,17 +386,87 @@ def _first_image(out: Any) -> Image.Image:
 
 #: /api/edit's add-on fields, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
-                "ip_adapter_image": "ip_adapter", "lora": "loras"}
-#: The add-on fields' declarations, shared by /api/edit and /api/fan.
-ControlImage = Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio")]
-ControlFrom = Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead")]
-ControlScale = Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False,
-                                                description="ControlNet conditioning scale [default: 1.0]")]
-IpAdapterImage = Annotated[Optional[UploadFile], File(description="IP-Adapter reference image")]
-#: Those /api/fan takes too.
-FAN_ADDON_FIELDS = tuple(name for name, kind in ADDON_FIELDS.items() if kind != "loras")
+                "control_mode": "union", "ip_adapter_image": "ip_adapter", "lora": "loras"}
+#: Those /api/fan takes (per-request LoRA scales are /api/edit's only).
+FAN_ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "control_mode", "ip_adapter_image")
 #: What each kind of add-on is called in messages.
-ADDON_NAMES = {"controlnets": "ControlNet", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
+ADDON_NAMES = {"controlnets": "ControlNet", "union": "ControlNet Union", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
+
+# The add-on fields /api/edit and /api/fan share (declared once; each operation keeps the served ones).
+ControlImage = Annotated[Optional[UploadFile], File(description="ControlNet control image, the image's aspect ratio "
+                                                                "(or control_from; one of the two)")]
+ControlFrom = Annotated[Optional[Literal["canny"]], Form(description="Derive the control image from the input instead "
+                                                                     "(or control_image; one of the two)")]
+ControlScale = Annotated[Optional[float], Form(ge=0, le=10, allow_inf_nan=False,
+                                               description="ControlNet conditioning scale [default: 1.0]")]
+CONTROL_MODE_HELP = "ControlNet Union's control type (required with control_image; with control_from it defaults to that)"
+ControlMode = Annotated[Optional[Literal[tuple(UNION_MODES)]], Form(description=CONTROL_MODE_HELP)]  # type: ignore[valid-type]
+IP_ADAPTER_IMAGE_HELP = "IP-Adapter reference image (required: this server's model has an IP-Adapter loaded)"
+IpAdapterImage = Annotated[Optional[UploadFile], File(description=IP_ADAPTER_IMAGE_HELP)]
+
+#: ``openapi_extra`` key of the body-level rule of an operation's form (merged into its schema by
+#: :func:`install_openapi`): what relates several fields, which no one field's schema can say.
+FORM_RULE = "x-diffdiff-form-rule"
+
+
+
+def _control_rule(union: Optional[list[str]]) -> dict[str, Any]:
+    """With a ControlNet served: a control image, or control_from (non-empty), and not both; a ControlNet
+    Union's control image also needs its control_mode, one of ``union`` (control_from names one itself)."""
+    image: dict[str, Any] = {"required": ["control_image"], "properties": {"control_from": {"type": "string", "maxLength": 0}}}
+    if union is not None:
+        image = {"required": ["control_image", "control_mode"],
+                 "properties": {**image["properties"], "control_mode": {"enum": union}}}
+    derived = {"required": ["control_from"], "properties": {"control_from": {"enum": ["canny"]}, "control_image": False}}
+    return {"anyOf": [image, derived]}
+
+
+def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: list[str],
+                        modes: Optional[list[str]] = None) -> dict[str, Any]:
+    """Keep ``endpoint``'s add-on parameters for what the served model has loaded (the others leave its
+    signature, so FastAPI neither reads nor documents them); a served IP-Adapter makes its image
+    required, a served ControlNet Union's ``modes`` are control_mode's values. Returns the operation's
+    ``openapi_extra``: ``files``' media types, and the ControlNet's one-of-two rule when one is served."""
+    signature = inspect.signature(endpoint)
+    params = []
+    for p in signature.parameters.values():
+        if p.name in ADDON_FIELDS and p.name not in served:
+            continue
+        if p.name == "ip_adapter_image":  # every edit on this model needs its reference image
+            p = p.replace(annotation=UploadFile, default=File(..., description=IP_ADAPTER_IMAGE_HELP))
+        if p.name == "control_mode" and modes is not None:  # the modes this Union was trained with
+            p = p.replace(annotation=Annotated[Optional[Literal[tuple(modes)]], Form(description=CONTROL_MODE_HELP)])
+        params.append(p)
+    endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    extra = _files(*files, *sorted(f for f in served if f.endswith("_image") and f in signature.parameters))
+    if "control_from" in served:
+        extra[FORM_RULE] = _control_rule(modes if "control_mode" in served else None)
+    return extra
+
+
+async def _addon_uploads(request: Request, fields: Iterable[str], served: set[str], service: EditService,
+                         control_image: Optional[UploadFile],
+                         ip_adapter_image: Optional[UploadFile]) -> tuple[Optional[bytes], Optional[bytes]]:
+    """422 for one of the operation's add-on ``fields`` that the served model has not loaded; the control
+    and IP-Adapter image bytes."""
+    form = await request.form()
+    unserved = sorted(set(fields) & set(form.keys()) - served)
+    if unserved:  # the fields exist (and are documented) only for a served model with that add-on
+        raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
+                            f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
+    control = await _read(control_image, "control image", service.max_upload_bytes, required=False)
+    ip = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
+    return control, ip
+
+
+def _decode_addon_images(service: EditService, control: Optional[bytes], ip: Optional[bytes]) -> dict[str, Any]:
+    """The decoded add-on images of a request, as :class:`~diffdiff.request.EditRequest` fields."""
+    images: dict[str, Any] = {}
+    if control:
+        images["control_image"] = service.decode(control, "control image")
+    if ip:
+        images["ip_adapter_image"] = service.decode(ip, "IP-Adapter image")
+    return images
 
 
 def _served_addon_fields(service: EditService) -> set[str]:
@@ -401,31 +474,6 @@ def _served_addon_fields(service: EditService) -> set[str]:
     addons = getattr(service._editor, "addons", None)
     return {name for name, kind in ADDON_FIELDS.items() if addons is not None and getattr(addons, kind)
             and (kind != "loras" or lora_names(addons.loras))}
-
-
-def _refuse_unserved(form_keys: Any, served: set[str], fields: Any = ADDON_FIELDS) -> None:
-    """422 for an add-on field of ``fields`` sent to a server whose model lacks that add-on."""
-    unserved = sorted(set(fields) & set(form_keys) - served)
-    if unserved:  # the fields exist (and are documented) only for a served model with that add-on
-        raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
-                            f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
-
-
-def _addon_images(service: EditService, control_data: Optional[bytes], ip_data: Optional[bytes]) -> dict[str, Any]:
-    """The uploaded control and reference images, decoded (checked against the model in the run)."""
-    images: dict[str, Any] = {}
-    if control_data:
-        images["control_image"] = service.decode(control_data, "control image")
-    if ip_data:
-        images["ip_adapter_image"] = service.decode(ip_data, "IP-Adapter image")
-    return images
-
-
-def _declare_served(endpoint: Callable[..., Any], served: set[str], optional: Any = ADDON_FIELDS) -> None:
-    """Keep ``endpoint``'s ``optional`` parameters (and so its schema's fields) to those in ``served``."""
-    signature = inspect.signature(endpoint)
-    endpoint.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-        p for p in signature.parameters.values() if p.name not in optional or p.name in served])
 
 
 def _served_loras(service: EditService) -> list[dict[str, Any]]:
@@ -474,6 +522,7 @@ def build_router(service: EditService) -> APIRouter:
         )
 
     served = _served_addon_fields(service)
+    modes = list(served_union_modes(controlnets_of(getattr(service._editor, "pipe", None)))) if "control_mode" in served else None
     extra_args = PipelineArguments(getattr(service._editor, "pipe", None))
     loras = _served_loras(service)
     names = sorted(lora_names(loras))
@@ -498,6 +547,7 @@ def build_router(service: EditService) -> APIRouter:
         control_image: ControlImage = None,
         control_from: ControlFrom = None,
         controlnet_scale: ControlScale = None,
+        control_mode: ControlMode = None,
         ip_adapter_image: IpAdapterImage = None,
         reference_images: Annotated[Optional[list[UploadFile]], BeforeValidator(_no_empty_parts), File(
             description="Extra reference images after the input, for instruction-edit models that take several "
@@ -507,15 +557,14 @@ def build_router(service: EditService) -> APIRouter:
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora", "reference_images"))
+        control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
+                                                     ip_adapter_image)
         form = await request.form()
-        _refuse_unserved(form.keys(), served)
         # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
         lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
         lora_scales = parse_scale_overrides(lora_values, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
-        control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
-        ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
         # Read from the form whether or not the field is declared: a model that takes none refuses them itself.
         ref_data = await _read_references(form, service.max_upload_bytes)
 
@@ -525,13 +574,14 @@ def build_router(service: EditService) -> APIRouter:
                 guidance_scale=guidance, strength=strength, seed=seed, polarity=polarity, paste_back=paste_back,
                 skip_frozen=skip_frozen, metadata={"served_by": "diffdiff serve"},
                 control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale,
+                control_mode=control_mode or None,
                 pipeline_kwargs=extra_args.parse(pipeline_kwargs),
             )
             img = service.decode(img_data, "image")  # type: ignore[arg-type]
             cmap = service.decode(map_data, "map")  # type: ignore[arg-type]
             prepare_change_map(cmap, img.size, polarity)  # aspect check before queueing on the model
             # Add-on and reference images (checked against the served model in the edit).
-            addon_images = _addon_images(service, control_data, ip_data)
+            addon_images = _decode_addon_images(service, control_data, ip_data)
             if ref_data:  # the library checks the model takes them and records them in the metadata
                 # Plain images, as the CLI's open_image gives: recorded alike, "<Image (w, h)>".
                 addon_images["reference_images"] = [service.decode(d, f"reference image {i}").copy()
@@ -552,11 +602,13 @@ def build_router(service: EditService) -> APIRouter:
 
     # The add-on fields are part of the operation (and its schema) only for what the served model has
     # loaded, reference_images only for a model that takes them.
-    declared = served | ({"reference_images"} if _takes_references(service) else set())
-    _declare_served(edit, declared, {*ADDON_FIELDS, "reference_images"})
-    addon_files = sorted(f for f in declared if f.endswith(("_image", "_images")))
+    references = ["reference_images"] if _takes_references(service) else []
+    if not references:
+        signature = inspect.signature(edit)
+        edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+            p for p in signature.parameters.values() if p.name != "reference_images"])
     router.post("/edit", summary="Differential Diffusion edit", response_class=Response, responses=PNG_RESPONSE,
-                openapi_extra=_files("image", "map", *addon_files))(edit)
+                openapi_extra=_serve_addon_fields(edit, served, ["image", "map", *references], modes))(edit)
 
     async def fan(
         request: Request,
@@ -575,17 +627,17 @@ def build_router(service: EditService) -> APIRouter:
         control_image: ControlImage = None,
         control_from: ControlFrom = None,
         controlnet_scale: ControlScale = None,
+        control_mode: ControlMode = None,
         ip_adapter_image: IpAdapterImage = None,
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"])
-        _refuse_unserved((await request.form()).keys(), served, FAN_ADDON_FIELDS)
+        control_data, ip_data = await _addon_uploads(request, FAN_ADDON_FIELDS, served, service, control_image,
+                                                     ip_adapter_image)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
-        control_data = await _read(control_image, "control image", service.max_upload_bytes, required=False)
-        ip_data = await _read(ip_adapter_image, "IP-Adapter image", service.max_upload_bytes, required=False)
 
-        def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any]]:
+        def prepare() -> tuple[Image.Image, Optional[Image.Image], dict[str, Any], dict[str, Any]]:
             validate_edit_params(prompt, steps, guidance, max_strength, 1, polarity, seed)
             extra = extra_args.parse(pipeline_kwargs)
             if min_strength > max_strength:
@@ -596,14 +648,17 @@ def build_router(service: EditService) -> APIRouter:
             cmap = service.decode(map_data, "map") if map_data is not None else None
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)
-            addons = dict(_addon_images(service, control_data, ip_data), control_from=control_from or None,
-                          controlnet_conditioning_scale=controlnet_scale)
-            return img, cmap, {"pipeline_kwargs": extra, **addons} if extra else addons
+            addons = _decode_addon_images(service, control_data, ip_data)  # what the served add-ons take
+            addons.update(control_from=control_from or None, controlnet_conditioning_scale=controlnet_scale,
+                          control_mode=control_mode or None)
+            return img, cmap, extra, {k: v for k, v in addons.items() if v is not None}
 
-        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any]]) -> Any:
+        def work(ed: Any, p: tuple[Image.Image, Optional[Image.Image], dict[str, Any], dict[str, Any]]) -> Any:
             kw: dict[str, Any] = {"negative_prompt": negative_prompt or None, "num_inference_steps": steps,
                                   "guidance_scale": guidance, "seed": seed, "polarity": polarity,
-                                  "skip_frozen": skip_frozen, **p[2]}
+                                  "skip_frozen": skip_frozen, **p[3]}
+            if p[2]:
+                kw["pipeline_kwargs"] = p[2]
             return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
                                       max_strength=max_strength, change_map=p[1], **kw)
 
@@ -615,20 +670,22 @@ def build_router(service: EditService) -> APIRouter:
         }
         return _png_response(img, notes, meta)
 
-    # The fan takes the edit's add-on images and control settings (not per-request LoRA scales).
-    _declare_served(fan, served)
     router.post("/fan", summary="Strength fan: one row of edits at increasing strength", response_class=Response,
-                responses=PNG_RESPONSE, openapi_extra=_files("image", "map", *addon_files))(fan)
+                responses=PNG_RESPONSE, openapi_extra=_serve_addon_fields(fan, served, ["image", "map"], modes))(fan)
+    # An operation the loaded model cannot run answers 501 (features in /api/health say so) but is not
+    # published: every schema-valid request would fail.
+    features = service.features()
 
     @router.post("/auto-map", summary="Change map from source/target prompts (DiffEdit-style)",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"))
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image"),
+                 include_in_schema=features["auto_map"])
     async def auto_map(
         request: Request,
         image: UploadFile = File(..., description="Image (any format Pillow reads)"),
         source_prompt: str = _text("What the image shows now"),
         target_prompt: str = _text("What it should show"),
-        num_maps: int = Form(MAP_NUM_MAPS, ge=1, le=MAX_AUTO_MAPS, description="Noise draws averaged"),
-        encode_strength: float = Form(MAP_ENCODE_STRENGTH, gt=0.0, le=1.0, allow_inf_nan=False),
+        num_maps: int = Form(10, ge=1, le=MAX_AUTO_MAPS, description="Noise draws averaged"),
+        encode_strength: float = Form(0.5, gt=0.0, le=1.0, allow_inf_nan=False),
         seed: Optional[int] = _seed(),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/auto-map"])
@@ -650,7 +707,8 @@ def build_router(service: EditService) -> APIRouter:
         return _png_response(img, notes, meta)
 
     @router.post("/diffedit", summary="DiffEdit: automatic mask from prompts, then a masked edit",
-                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "mask"))
+                 response_class=Response, responses=PNG_RESPONSE, openapi_extra=_files("image", "mask"),
+                 include_in_schema=features["diffedit"])
     async def diffedit(
         request: Request,
         image: UploadFile = File(..., description="Image (any format Pillow reads)"),

@@ -5,7 +5,8 @@ CLI's ``--pipeline-kwargs`` does; :func:`diffdiff.request.pipeline_kwargs_from_j
 (bad JSON, a non-object, a name diffdiff sets itself: one line). For a served model this module
 adds what the pipeline's signature tells: the names are the arguments its ``__call__`` takes by
 name, less those diffdiff sets and those whose annotated type JSON cannot carry (tensors, images,
-generators, callables), and each value must be of its annotation's type. The schema the API
+generators, callables), and each value must be of its annotation's type (strictly, as JSON Schema reads
+it: "5" is no integer, 2.0 is one). The schema the API
 publishes and the check the server runs are built from the same pydantic adapters, so the two
 agree. Values the type allows but the pipeline refuses when it runs (a ``clip_skip`` beyond the
 text encoder's layers) only the pipeline knows: :class:`diffdiff.errors.PipelineArgumentError`
@@ -58,6 +59,37 @@ def json_arguments(pipe: Any) -> dict[str, TypeAdapter[Any]]:
     return out
 
 
+def _integral(value: Any) -> Any:
+    """``value`` with every float that is a whole number (2.0) as an int, in lists and objects too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """``value`` checked as its JSON text, strictly (no "5" for 5): what the published schema allows.
+
+    JSON Schema counts 2.0 as an integer and strict pydantic does not: a value refused as it is is
+    checked again with its whole-number floats as ints, so an ``int`` argument takes 2.0 (as 2) while
+    a float argument keeps the 2.0 it was sent.
+    """
+    text = json.dumps(value)
+    try:
+        return adapter.validate_json(text, strict=True)
+    except ValidationError as exc:
+        whole = json.dumps(_integral(value))
+        if whole == text:
+            raise
+        try:
+            return adapter.validate_json(whole, strict=True)
+        except ValidationError:
+            raise exc from None
+
+
 class PipelineArguments:
     """The ``pipeline_kwargs`` field of one server: its JSON schema and its check (``pipe``: the served
     pipeline; None while a lazily loaded model is not loaded, when only the JSON-object rule applies
@@ -89,7 +121,7 @@ class PipelineArguments:
                        else f"is not an argument of {self.pipeline}")
                 raise DiffDiffError(f"{FIELD}: {name!r} {why}; this server's model takes: {offered}")
             try:
-                out[name] = adapter.validate_json(json.dumps(value), strict=True)
+                out[name] = _validate(adapter, value)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(x) for x in (name, *first.get("loc", ())))
