@@ -16,6 +16,7 @@ from diffdiff.automap import normalise_map
 from diffdiff.cli import app
 from diffdiff.denoise import NoisePredictor, encode_image
 from diffdiff.diffedit import decode, decoding_timesteps, invert
+from diffdiff.mapsettings import MAP_ENCODE_STRENGTH
 from diffdiff.testing import sample_image
 
 # Latent cells (rows, cols) where the stand-in denoiser listens to the prompt; x8 in pixels.
@@ -208,6 +209,7 @@ def test_diffedit_pixels_outside_mask_identical(sd_editor: Editor, image64: Imag
     assert np.abs(res[~outside].astype(int) - src[~outside]).mean() > 1  # the inside was regenerated
     meta = out[0].info["diffdiff"]
     assert meta["source_prompt"] == "a cat" and meta["prompt"] == "a dog" and meta["mask"] == "given"
+    assert meta["auto_map"] is None
 
 
 def test_diffedit_deterministic_for_a_seed(sd_editor: Editor, image64: Image.Image,
@@ -219,6 +221,12 @@ def test_diffedit_deterministic_for_a_seed(sd_editor: Editor, image64: Image.Ima
     b = sd_editor.diffedit(image64, "a red apple", "a green pear", seed=11, **kw)[0]
     assert 0 < mask.mean() < 1
     assert a.tobytes() == b.tobytes()
+    # The metadata records how the automatic mask was made: those settings give the same mask again.
+    rec = a.info["diffdiff"]["auto_map"]
+    assert rec["num_maps"] == 2 and rec["encode_strength"] == MAP_ENCODE_STRENGTH and "timestep" in rec
+    settings = {k: v for k, v in rec.items() if k != "timestep"}
+    again = np.asarray(sd_editor.auto_map(image64, "a red apple", "a green pear", seed=11, **settings), np.float32) / 255
+    assert np.mean((again > a.info["diffdiff"]["threshold"]) != (mask > 0.5)) < 0.01  # 8-bit rounding at the edge
 
 
 def test_diffedit_latent_output_and_round_trip_through_editor(sdxl_editor: Editor, image64: Image.Image) -> None:

@@ -199,9 +199,11 @@ def diffedit(
     source = img.convert("RGB")
     if seed is None:
         seed = secrets.randbits(31)
+    auto_settings: Optional[dict[str, Any]] = None
     if mask is None:
         auto = compute_auto_map(editor, source, source_prompt, target_prompt, num_maps, seed=seed)
         mask_arr = (auto.array > threshold).astype(np.float32)
+        auto_settings = {**auto.settings, "timestep": auto.timestep}
     else:
         mask_arr = prepare_mask(mask, source.size)
     guidance = float(guidance_scale if guidance_scale is not None else (editor.default_guidance() or 7.5))
@@ -219,6 +221,7 @@ def diffedit(
         "encode_ratio": float(encode_ratio),
         "threshold": float(threshold) if mask is None else None,
         "mask": "auto" if mask is None else "given",
+        "auto_map": auto_settings,  # how the automatic mask was made (None: given)
         "mask_fraction": float(mask_arr.mean()),
         "eta": float(eta),
         "num_images": int(num_images),
