@@ -184,7 +184,10 @@ def test_a_controlnet_union_server_agrees_with_its_schema(case: Any) -> None:
 def test_the_addon_fuzz_reached_the_model_and_the_refusals(controlnet_app: FieldRecorder, ip_app: FieldRecorder,
                                                             union_app: FieldRecorder) -> None:
     """Runs after the fuzzes: /api/edit and /api/fan answered 200 (the model ran with its add-on) and 422 on
-    every server, each add-on field was sent in requests answered 200 and in refused ones, no 5xx."""
+    every server, each add-on field was sent in requests the model ran (200), no 5xx. (Which fields the
+    refused requests carried varies with the hypothesis version: a fresh install's 6.170 sent no refused
+    control_image on one server, so the refusals are asserted per endpoint, and per field by the regression
+    tests below.)"""
     if not (controlnet_app.seen and ip_app.seen and union_app.seen):
         pytest.skip("the add-on fuzz did not run in this session (deselected)")
     for app, fields in ((controlnet_app, ("control_image", "control_from", "controlnet_scale")),
@@ -193,7 +196,7 @@ def test_the_addon_fuzz_reached_the_model_and_the_refusals(controlnet_app: Field
             statuses = {st for (m, p, st) in app.seen if (m, p) == ("POST", path)}
             assert {200, 422} <= statuses, (path, statuses)
         for name in fields:
-            assert {200, 422} <= {st for (f, st) in app.edit_fields if f == name}, (name, app.edit_fields)
+            assert 200 in {st for (f, st) in app.edit_fields if f == name}, (name, app.edit_fields)
         assert not any(st >= 500 for (_, _, st) in app.seen), app.seen
 
 
