@@ -134,7 +134,8 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
 
     A form part is text: a string field "mutated" to the integer 5 arrives as the text "5", a
     valid string; a number field sent the integer 3 arrives as "3", a valid number; a one-item
-    array arrives as one part, the same bytes as its item, an empty one as no part at all; a string "too long" for the empty-means-
+    array arrives as one part, the same bytes as its item, an empty one as no part at all; an object arrives as its
+    JSON text, a valid string (hypothesis 6.170 sends such a negative_prompt); a string "too long" for the empty-means-
     default branch may spell a valid number. Schemathesis exempts such type changes for query and
     path parameters but not (4.32) for form bodies. A mutation is exempt here only when the text
     actually sent for every mutated field is itself the spelling of a schema-valid value of that
@@ -161,6 +162,7 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
             continue  # an empty array travels as no part at all: the optional field is left out
         if isinstance(value, list) and len(value) == 1:
             value = value[0]  # a one-item array travels as one form part: the same bytes as the item
-        if isinstance(value, (list, dict)) or not text_is_valid(to_wire_text(value), props[name]):
+        # An object travels as its JSON text (one part): a valid string where the field is one.
+        if isinstance(value, list) or not text_is_valid(to_wire_text(value), props[name]):
             return True
     return not mutations
