@@ -24,7 +24,7 @@ from diffdiff.cli import app
 from diffdiff.fan import fan_grid
 from diffdiff.io import file_sha256, image_sha256, read_metadata, save_png_atomic
 from diffdiff.testing import sample_image
-from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter
+from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter, save_random_lora
 
 pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.errors.DiffDiffWarning")  # 4-step runs, on purpose
 runner = CliRunner()
@@ -46,6 +46,11 @@ def controlnet_path(addon_dir: Path, tiny_sd_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def ip_weights(addon_dir: Path, tiny_sd_path: Path) -> Path:
     return build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
+
+
+@pytest.fixture(scope="module")
+def lora_file(addon_dir: Path, tiny_sd_path: Path) -> Path:
+    return save_random_lora(tiny_sd_path, addon_dir / "lora")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +107,8 @@ def test_edit_fan_and_soft_inpaint_share_one_addon_option_list() -> None:
 
 
 def test_cli_fan_with_a_controlnet_is_editor_fan_with_that_control_image(
-        files: Path, tiny_sd_path: Path, controlnet_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        files: Path, tiny_sd_path: Path, controlnet_path: Path, ip_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ControlNet and an IP-Adapter loaded; the --rows grid too."""
     seen: list[torch.Tensor] = []
     inner = diffusers.ControlNetModel.forward
 
@@ -113,7 +119,8 @@ def test_cli_fan_with_a_controlnet_is_editor_fan_with_that_control_image(
     with monkeypatch.context() as patch:
         patch.setattr(diffusers.ControlNetModel, "forward", record)
         code, output = cli(fan_args(files, tiny_sd_path, "fan-cn.png"), "--controlnet", str(controlnet_path),
-                           "--control-image", str(files / "control.png"), "--control-scale", "0.6", "--seed", "4")
+                           "--control-image", str(files / "control.png"), "--control-scale", "0.6", "--seed", "4",
+                           "--ip-adapter", str(ip_weights), "--ip-adapter-image", str(files / "ref.png"))
     assert code == 0, output
     # What the ControlNet saw at every step (both guidance halves): control.png's pixels, in [0, 1]
     # (the image is the work size; a step limited to the free columns sees their right-aligned window).
@@ -122,12 +129,11 @@ def test_cli_fan_with_a_controlnet_is_editor_fan_with_that_control_image(
     for cond in seen:
         for c in cond:
             assert np.array_equal((c.permute(1, 2, 0).numpy() * 255).round(), control[:, 64 - c.shape[-1]:])
-    ed = Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, progress=False)
+    ed = Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, ip_adapter=ip_weights, progress=False)
     img = Image.open(files / "in.png")
-
     want = ed.fan(img, "a fox", columns=4, num_inference_steps=STEPS, guidance_scale=7.5, seed=4,
                   control_image=str(files / "control.png"), controlnet_conditioning_scale=0.6,
-                  metadata={"image_file": "in.png"})
+                  ip_adapter_image=str(files / "ref.png"), metadata={"image_file": "in.png"})
     got = Image.open(files / "fan-cn.png")
     assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want))
     assert same_png(files / "fan-cn.png", want, files / "fan-cn-python.png")
@@ -135,31 +141,37 @@ def test_cli_fan_with_a_controlnet_is_editor_fan_with_that_control_image(
     assert meta["tool"] == "fan" and meta["controlnet"] == ["controlnet"] and meta["controlnet_scale"] == 0.6
     assert meta["control_image_files"] == ["control.png"]
     assert meta["control_image_sha256"] == [image_sha256(Image.open(files / "control.png"))]
+    assert meta["ip_adapter_image_file"] == "ref.png" and meta["ip_adapter"]["ip_adapter"] == ip_weights.name
     # The strength-0 band is the input, byte for byte.
     assert np.array_equal(np.asarray(got.convert("RGB"))[:, :16], np.asarray(img.convert("RGB"))[:, :16])
     # The --rows grid runs each row's fan with the same add-on inputs.
     code, output = cli(fan_args(files, tiny_sd_path, "grid-cn.png"), "--controlnet", str(controlnet_path),
                        "--control-image", str(files / "control.png"), "--control-scale", "0.6",
-                       "--rows", "seed", "--row-values", "1,2")
+                       "--rows", "seed", "--row-values", "1,2", "--ip-adapter", str(ip_weights),
+                       "--ip-adapter-image", str(files / "ref.png"))
     assert code == 0, output
     want_grid = fan_grid(ed, img, "a fox", "seed", [1, 2], 4, labels=False, num_inference_steps=STEPS,
                          guidance_scale=7.5, control_image=[str(files / "control.png")],
-                         controlnet_conditioning_scale=[0.6], metadata={"image_file": "in.png"})
+                         controlnet_conditioning_scale=[0.6], ip_adapter_image=str(files / "ref.png"),
+                         metadata={"image_file": "in.png"})
     assert same_png(files / "grid-cn.png", want_grid, files / "grid-cn-python.png")
     assert read_metadata(files / "grid-cn.png")["control_image_files"] == ["control.png"]
 
 
 def test_cli_soft_inpaint_with_an_ip_adapter_is_editor_soft_inpaint_with_that_reference(
-        files: Path, tiny_sd_path: Path, ip_weights: Path) -> None:
+        files: Path, tiny_sd_path: Path, ip_weights: Path, controlnet_path: Path, lora_file: Path) -> None:
+    """With an IP-Adapter, a ControlNet fed by --control-from canny and a LoRA loaded."""
     code, output = cli(soft_args(files, tiny_sd_path, "soft-ip.png"), "--ip-adapter", str(ip_weights),
-                       "--ip-adapter-image", str(files / "ref.png"), "--ip-adapter-scale", "0.6", "--seed", "4")
+                       "--ip-adapter-image", str(files / "ref.png"), "--ip-adapter-scale", "0.6", "--seed", "4",
+                       "--controlnet", str(controlnet_path), "--control-from", "canny", "--lora", f"{lora_file}:0.8")
     assert code == 0, output
-    ed = Editor.from_pretrained(tiny_sd_path, ip_adapter=ip_weights, ip_adapter_scale=0.6, progress=False)
+    ed = Editor.from_pretrained(tiny_sd_path, ip_adapter=ip_weights, ip_adapter_scale=0.6, controlnet=controlnet_path,
+                                lora=[f"{lora_file}:0.8"], progress=False)
     img = Image.open(files / "in.png")
 
     def python_soft(ref: str) -> Image.Image:
         (out,) = ed.soft_inpaint(img, Image.open(files / "mask.png"), 4, "a fox", num_inference_steps=STEPS,
-                                 guidance_scale=7.5, seed=4, ip_adapter_image=str(files / ref),
+                                 guidance_scale=7.5, seed=4, ip_adapter_image=str(files / ref), control_from="canny",
                                  metadata={"image_file": "in.png", "mask_file": "mask.png"})
         return out
 
@@ -171,11 +183,27 @@ def test_cli_soft_inpaint_with_an_ip_adapter_is_editor_soft_inpaint_with_that_re
     assert meta["tool"] == "soft-inpaint" and meta["ip_adapter_image_file"] == "ref.png"
     assert meta["ip_adapter"] == {"ip_adapter": ip_weights.name, "scale": 0.6, "sha256": file_sha256(ip_weights)}
     assert meta["ip_adapter_image_sha256"] == image_sha256(Image.open(files / "ref.png"))
+    assert meta["control_from"] == "canny" and meta["controlnet"] == ["controlnet"]
+    assert [(r["lora"], r["scale"]) for r in meta["lora"]] == [(lora_file.name, 0.8)]
     # The reference reaches the model; pixels 3 x softness (12 px) or more from the hole stay exact.
     assert not np.array_equal(np.asarray(python_soft("ref-2.png")), np.asarray(want))
     far = np.ones((64, 64), bool)
     far[24 - 12:40 + 12, 40 - 12:] = False
     assert np.array_equal(np.asarray(got.convert("RGB"))[far], np.asarray(img.convert("RGB"))[far])
+
+
+def test_cli_fan_with_a_lora_is_editor_fan_with_that_lora(files: Path, tiny_sd_path: Path, lora_file: Path,
+                                                          sd_editor: Editor) -> None:
+    lora = lora_file
+    code, output = cli(fan_args(files, tiny_sd_path, "fan-lora.png"), "--lora", f"{lora}:0.8", "--seed", "4")
+    assert code == 0, output
+    kw: dict = dict(columns=4, num_inference_steps=STEPS, guidance_scale=7.5, seed=4, metadata={"image_file": "in.png"})
+    img = Image.open(files / "in.png")
+    want = Editor.from_pretrained(tiny_sd_path, lora=[f"{lora}:0.8"], progress=False).fan(img, "a fox", **kw)
+    assert same_png(files / "fan-lora.png", want, files / "fan-lora-python.png")
+    (record,) = read_metadata(files / "fan-lora.png")["lora"]
+    assert record["lora"] == lora.name and record["scale"] == 0.8 and record["sha256"] == file_sha256(lora)
+    assert not np.array_equal(np.asarray(want), np.asarray(sd_editor.fan(img, "a fox", **kw)))  # the LoRA acts
 
 
 BAD = {  # case: (add-on options, what the error line names); {cn}, {ip}, {files} filled in below
