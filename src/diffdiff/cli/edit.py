@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
+from .addon_options import AddonOptions, addon_options
 from .common import load_editor, run_command, save_outputs
 
 MODEL_HELP = "Model: hub id, local diffusers folder or single .safetensors/.ckpt file [default: SDXL base 1.0]."
@@ -14,6 +15,7 @@ MODEL_HELP = "Model: hub id, local diffusers folder or single .safetensors/.ckpt
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @addon_options
     def edit(
         image: Path = typer.Argument(..., help="Image to edit (PNG, JPEG, WebP, ...)."),
         change_map: Optional[Path] = typer.Option(None, "--map", "-m", help="Change map: greyscale image, white = change (see --polarity)."),
@@ -42,17 +44,10 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
-        controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet (folder, .safetensors or hub id; SD, SDXL and its ControlNet Union, Flux). Repeat for several."),
-        control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Control image (same aspect ratio as IMAGE); one, or one per --controlnet."),
-        control_scale: Optional[list[float]] = typer.Option(None, "--control-scale", help="ControlNet conditioning scale [default: 1.0]; one, or one per --controlnet."),
-        control_from: Optional[str] = typer.Option(None, "--control-from", help="Derive the control image from IMAGE instead: 'canny' (OpenCV Canny edges)."),
-        control_mode: Optional[str] = typer.Option(None, "--control-mode", help="ControlNet Union only: control type (openpose, depth, scribble, canny, normal, segment; ProMax also tile, repaint; or its number)."),
-        lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA weights PATH_OR_ID[:SCALE] (diffusers, Kohya or A1111 file). Repeat for several."),
-        ip_adapter: Optional[str] = typer.Option(None, "--ip-adapter", help="IP-Adapter weights file (its image_encoder folder beside it) or OWNER/REPO/SUBFOLDER/FILE."),
-        ip_adapter_image: Optional[Path] = typer.Option(None, "--ip-adapter-image", help="Reference image for the IP-Adapter."),
-        ip_adapter_scale: float = typer.Option(1.0, "--ip-adapter-scale", help="IP-Adapter strength (0 = off)."),
         reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Instruction-edit models taking several images (Qwen-Image-Edit-Plus): an extra reference image after IMAGE. Repeat for several."),
         pipeline_kwargs: Optional[str] = typer.Option(None, "--pipeline-kwargs", help="""Extra arguments for the diffusers call, as a JSON object, e.g. '{"max_sequence_length": 128}'."""),
+        *,
+        addons: AddonOptions,
     ) -> None:
         """Edit IMAGE: each pixel changes as much as the change map allows."""
 
@@ -79,17 +74,14 @@ def register(app: typer.Typer) -> None:
                 metadata={"image_file": image.name, **({"map_file": change_map.name, "map_file_sha256": file_sha256(change_map)}
                                                        if change_map is not None else {"auto_map_source": auto_map}),
                           **({"reference_files": [r.name for r in reference]} if reference else {})},
-                control_image=[str(c) for c in control_image] if control_image else None, control_from=control_from,
-                controlnet_conditioning_scale=list(control_scale) if control_scale else None, control_mode=control_mode,
-                ip_adapter_image=str(ip_adapter_image) if ip_adapter_image is not None else None,
+                **addons.request_kw(),
                 reference_images=[open_image(r, "reference image") for r in reference or []],
             )
             if cmap is not None:
                 prepare_change_map(cmap, img.size, polarity)  # type: ignore[arg-type]  # fail on a bad map before loading a model
-            _check_addon_files(img.size, controlnet, control_image or control_from, ip_adapter, ip_adapter_image)
-            addon_kw = addon_load_kw(controlnet, lora, ip_adapter, ip_adapter_scale)
+            addons.check(img.size)
             ed = load_editor(model, refiner, device, dtype, **_config_kw(model_config), **_family_kw(prior, stage_2, stage_3),
-                             **addon_kw)
+                             **addons.load_kw())
             ed.refiner_start = refiner_start
             ed.max_pixels = max_pixels
             if cmap is None:
@@ -113,47 +105,3 @@ def _family_kw(prior: Optional[str], stage_2: Optional[str], stage_3: Optional[s
     """Extra pipelines of multi-model families (only those given, so other models load as before)."""
     given = {"prior": prior, "stage_2": stage_2, "stage_3": stage_3}
     return {k: v for k, v in given.items() if v}
-
-
-def _check_addon_files(
-    size: tuple[int, int],
-    controlnet: Optional[list[str]],
-    control: Any,
-    ip_adapter: Optional[str],
-    ip_adapter_image: Optional[Path],
-) -> None:
-    """Check the add-on inputs and files before any model is loaded (``control``: the images or 'canny')."""
-    from ..addon_inputs import check_control_shape, label
-    from ..errors import DiffDiffError
-    from ..io import open_image
-
-    if control and not controlnet:
-        raise DiffDiffError("--control-image / --control-from need a ControlNet: add --controlnet PATH")
-    if controlnet and not control:
-        raise DiffDiffError("--controlnet needs a control image: add --control-image FILE or --control-from canny")
-    if ip_adapter and ip_adapter_image is None:
-        raise DiffDiffError("--ip-adapter needs a reference image: add --ip-adapter-image FILE")
-    for path in control if isinstance(control, list) else []:
-        check_control_shape(open_image(path, "control image"), size, label(path))
-    if ip_adapter_image is not None:
-        if not ip_adapter:
-            raise DiffDiffError("--ip-adapter-image needs an IP-Adapter: add --ip-adapter FILE")
-        open_image(ip_adapter_image, "IP-Adapter image")
-
-
-def addon_load_kw(controlnet: Optional[list[str]], lora: Optional[list[str]], ip_adapter: Optional[str],
-                  ip_adapter_scale: float) -> dict[str, Any]:
-    """``Editor.from_pretrained`` keywords for the add-ons given on the command line (none: none)."""
-    from ..addon_inputs import check_scales
-    from ..lora import parse_lora
-
-    kw: dict[str, Any] = {}
-    if controlnet:
-        kw["controlnet"] = tuple(controlnet)
-    if lora:
-        kw["lora"] = tuple(parse_lora(spec) for spec in lora)
-    if ip_adapter:
-        kw["ip_adapter"] = ip_adapter
-        kw["ip_adapter_scale"] = check_scales(ip_adapter_scale, "--ip-adapter-scale")[0]
-    return kw
-

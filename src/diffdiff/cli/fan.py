@@ -1,4 +1,7 @@
-"""``diffdiff fan`` (strength fan, optional guidance/seed grid) and ``diffdiff soft-inpaint``."""
+"""``diffdiff fan`` (strength fan, optional guidance/seed grid) and ``diffdiff soft-inpaint``.
+
+Both take the add-on options of ``diffdiff edit`` (:mod:`.addon_options`).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ from typing import Optional
 
 import typer
 
+from .addon_options import AddonOptions, addon_options
 from .common import info, load_editor, run_command, save_outputs
 from .edit import MODEL_HELP
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @addon_options
     def fan(
         image: Path = typer.Argument(..., help="Image to edit."),
         prompt: str = typer.Option(..., "--prompt", "-p", help="What the edited image should show."),
@@ -33,6 +38,8 @@ def register(app: typer.Typer) -> None:
         skip_frozen: bool = typer.Option(True, "--skip-frozen/--full-frame", help="Each step runs the model only on the columns free by then plus 32 px context (about 1/columns of separate edits' work); --full-frame runs every step on the whole image."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
+        *,
+        addons: AddonOptions,
     ) -> None:
         """Strength fan: IMAGE in vertical bands from --min to --max strength, made by ONE edit."""
 
@@ -47,7 +54,7 @@ def register(app: typer.Typer) -> None:
             cmap = open_image(change_map, "change map") if change_map is not None else None
             check_output_path(output)
             EditRequest(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, strength=max_strength,
-                        polarity=polarity, seed=seed)  # type: ignore[arg-type]  # validates before any model loads
+                        polarity=polarity, seed=seed, **addons.request_kw())  # type: ignore[arg-type]  # validates before any model loads
             column_strengths(columns, min_strength, max_strength)
             band_edges(img.width, columns)
             if cmap is not None:
@@ -59,12 +66,13 @@ def register(app: typer.Typer) -> None:
                 values = check_row_values(rows, parse_row_values(row_values))
                 if (rows == "seed" and seed is not None) or (rows == "guidance" and guidance is not None):
                     raise DiffDiffError(f"--rows {rows} sweeps {rows}: drop --{rows}")
-            ed = load_editor(model, None, device, dtype)
+            addons.check(img.size)
+            ed = load_editor(model, None, device, dtype, **addons.load_kw())
             meta = {"image_file": image.name}
             if change_map is not None:
                 meta["map_file"] = change_map.name
             common = dict(negative_prompt=negative, num_inference_steps=steps, polarity=polarity, metadata=meta,
-                          skip_frozen=skip_frozen)
+                          skip_frozen=skip_frozen, **addons.request_kw())
             if values is None:
                 result = ed.fan(img, prompt, columns, min_strength, max_strength, cmap, labels=labels,
                                 guidance_scale=guidance, seed=seed, **common)
@@ -80,6 +88,7 @@ def register(app: typer.Typer) -> None:
         run_command(body)
 
     @app.command("soft-inpaint")
+    @addon_options
     def soft_inpaint(
         image: Path = typer.Argument(..., help="Image to edit."),
         mask: Path = typer.Option(..., "--mask", help="Binary mask: white = the hole to regenerate."),
@@ -97,6 +106,8 @@ def register(app: typer.Typer) -> None:
         skip_frozen: bool = typer.Option(False, "--skip-frozen", help="Run the model at each step only around the pixels free by then (faster for small holes)."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
+        *,
+        addons: AddonOptions,
     ) -> None:
         """Regenerate the mask's hole; the surroundings adjust gradually, far pixels stay exact."""
 
@@ -112,13 +123,14 @@ def register(app: typer.Typer) -> None:
             if save_map is not None:
                 check_output_path(save_map)
             EditRequest(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, strength=strength,
-                        num_images=num_images, seed=seed)  # validates before any model loads
+                        num_images=num_images, seed=seed, **addons.request_kw())  # validates before any model loads
             soft = soft_inpaint_map(m, softness, img.size)  # bad mask or softness fails before loading
-            ed = load_editor(model, None, device, dtype)
+            addons.check(img.size)
+            ed = load_editor(model, None, device, dtype, **addons.load_kw())
             images = ed.soft_inpaint(
                 img, m, softness, prompt, negative_prompt=negative, num_inference_steps=steps,
                 guidance_scale=guidance, strength=strength, seed=seed, num_images=num_images, skip_frozen=skip_frozen,
-                metadata={"image_file": image.name, "mask_file": mask.name},
+                metadata={"image_file": image.name, "mask_file": mask.name}, **addons.request_kw(),
             )
             save_outputs(images, output)
             if save_map is not None:

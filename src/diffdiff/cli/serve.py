@@ -14,8 +14,8 @@ from typing import Optional
 import typer
 
 from ..errors import DiffDiffError
+from .addon_options import addon_load_kw
 from .common import info, load_editor, run_command
-from .edit import addon_load_kw
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 INSTALL_HINT = 'pip install "diffdiff[web]"'
