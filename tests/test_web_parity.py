@@ -24,6 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from gradio.components.gallery import GalleryData  # noqa: E402
 
 from diffdiff import Editor  # noqa: E402
 from diffdiff.addon_inputs import UNION_MODES  # noqa: E402
@@ -178,8 +179,12 @@ def test_ui_reference_images_go_to_the_edit(plus_editor: Editor, sd_editor: Edit
                                    None, None, None, references, **NO_PROGRESS)
         return rgb(Image.open(history[0])), meta
 
-    got, meta = ui_edit([(ref, None)])  # what Gradio's gallery hands the function: (image, caption) pairs
-    want = plus_editor.edit(IMAGE, half_map(), "make it red", num_inference_steps=2, seed=5, reference_images=[ref])[0]
+    ref.save(tmp_path / "ref.png")
+    # What Gradio's gallery hands the function for an upload: its own preprocessing of the upload payload.
+    value = gallery.preprocess(GalleryData.model_validate([{"image": {"path": str(tmp_path / "ref.png")}}]))
+    got, meta = ui_edit(value)
+    want = plus_editor.edit(IMAGE, half_map(), "make it red", num_inference_steps=2, seed=5,
+                            reference_images=[Image.open(tmp_path / "ref.png")])[0]
     assert np.array_equal(got, rgb(want))
     assert meta["reference_images"] == ["<Image (48, 80)>"]  # recorded as the library records them
     np.testing.assert_array_equal(got[:, :32], rgb(IMAGE)[:, :32])
@@ -200,12 +205,15 @@ def test_ui_reference_images_go_to_the_edit(plus_editor: Editor, sd_editor: Edit
 
 
 def test_reference_list_reads_the_gallery_in_order(tmp_path: Path) -> None:
+    """The gallery's value, in order, as plain images (a file-backed one read into memory, as REST passes them)."""
     a, b = sample_image(40, 40, seed=1), sample_image(24, 48, seed=2)
     b.save(tmp_path / "b.png")
     out = reference_list([(a, "first"), (str(tmp_path / "b.png"), None), np.asarray(a)])
     assert out[0] is a and [im.size for im in out] == [(40, 40), (24, 48), (40, 40)]
     assert np.array_equal(np.asarray(out[1]), np.asarray(b)) and np.array_equal(np.asarray(out[2]), np.asarray(a))
     assert reference_list(None) == [] and reference_list([]) == []
+    (from_file,) = reference_list([(Image.open(tmp_path / "b.png"), None)])  # as Gradio's upload hands it over
+    assert type(from_file) is Image.Image and np.array_equal(np.asarray(from_file), np.asarray(b))
     with pytest.raises(DiffDiffError, match="reference image 1 is not an image"):
         reference_list([(3, None)])
 

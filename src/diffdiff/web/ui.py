@@ -179,6 +179,10 @@ def reference_list(value: Any, check_pixels: Optional[Callable[[tuple[int, int],
         media = item[0] if isinstance(item, (tuple, list)) else item
         try:
             img = _as_pil(media)
+            # A file-backed image (Gradio's upload) is read now and kept as a plain image, as the REST API
+            # and the CLI pass them: the metadata records each as "<Image (w, h)>".
+            if img is not None and type(img) is not Image.Image:
+                img = img.copy()
         except (OSError, SyntaxError, ValueError) as exc:  # PIL's unreadable and truncated files
             raise DiffDiffError(f"{what} is not a readable image (unknown or corrupt format).") from exc
         if img is None:
