@@ -690,8 +690,8 @@ def test_ui_shows_addon_inputs_only_for_what_is_loaded(control_ip_editor: Editor
     assert (scale.minimum, scale.maximum, scale.value) == (0, 2, 1.0)  # type: ignore[attr-defined]
     # The run button's edit takes them (the event's inputs), in the order run_edit reads them.
     (event,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_edit"]  # type: ignore[attr-defined]
-    ids = [getattr(c, "elem_id", None) for c in event.inputs]
-    assert ids[-4:] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]
+    ids = [getattr(c, "elem_id", None) for c in event.inputs]  # then the Union's control type, the references
+    assert ids[-6:-2] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]
     _, plain = ui_of(sd_editor)
     assert not addon_ids & set(plain) and "dd-run" in plain
 
@@ -743,7 +743,7 @@ def test_ui_fan_passes_the_edit_tabs_control_and_reference_images(control_ip_edi
     assert comps["dd-auto"].interactive is False and "sd-controlnet family" in comps["dd-diffedit-off"].value  # type: ignore[attr-defined]
     event = event_of(demo, "run_fan")
     ids = [getattr(c, "elem_id", None) for c in event.inputs]  # type: ignore[attr-defined]
-    assert ids[-4:] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]  # the Edit tab's
+    assert ids[-5:-1] == ["dd-control-source", "dd-control-image", "dd-control-scale", "dd-ip-image"]  # the Edit tab's
     img = Image.open(files / "in.png").convert("RGB")
     control, ref = Image.open(files / "control.png"), Image.open(files / "ref.png")
     canvas = {"background": img, "layers": [], "composite": img}

@@ -104,7 +104,7 @@ def test_every_operation_agrees_with_the_schema(case: Any) -> None:
 
 @pytest.fixture(scope="module")
 def lora_app(tiny_sd_path: Any, tmp_path_factory: pytest.TempPathFactory) -> StatusRecorder:
-    """A server whose model has two LoRAs loaded: /api/edit then declares the ``lora`` field."""
+    """A server whose model has two LoRAs loaded: /api/edit and /api/fan then declare the ``lora`` field."""
     pytest.importorskip("peft")
     from diffdiff.testing_addons import save_random_lora
 
@@ -135,17 +135,19 @@ lora_fuzz = schemathesis.pytest.from_fixture("lora_schema")
 
 @lora_fuzz.parametrize()
 def test_edit_with_loras_agrees_with_the_schema(case: Any) -> None:
-    """Every operation of a server with LoRAs loaded, whose /api/edit has the ``lora`` field (a pattern
-    over the loaded names)."""
+    """Every operation of a server with LoRAs loaded, whose /api/edit and /api/fan have the ``lora`` field (a
+    pattern over the loaded names)."""
     case.call_and_validate()
 
 
 def test_the_lora_fuzz_sent_lora_scales(lora_app: StatusRecorder) -> None:
-    """Runs after the LoRA fuzz: it was answered 200 and 422, with no 5xx."""
+    """Runs after the LoRA fuzz: /api/edit and /api/fan were answered 200 and 422, with no 5xx."""
     if not lora_app.seen:
         pytest.skip("the LoRA fuzz did not run in this session (deselected)")
-    statuses = {st for (method, path, st) in lora_app.seen if (method, path) == ("POST", "/api/edit")}
-    assert {200, 422} <= statuses and not any(st >= 500 for (_, _, st) in lora_app.seen), lora_app.seen
+    for path in ("/api/edit", "/api/fan"):
+        statuses = {st for (method, p, st) in lora_app.seen if (method, p) == ("POST", path)}
+        assert {200, 422} <= statuses, (path, lora_app.seen)
+    assert not any(st >= 500 for (_, _, st) in lora_app.seen), lora_app.seen
 
 
 def test_the_fuzz_covers_every_operation(api_schema: Any) -> None:

@@ -11,8 +11,8 @@ Uploads are decoded in memory; filenames the client sends are ignored, so nothin
 a path on the server. Every error is JSON ``{"error": "<one line>"}``: 400 for a malformed
 multipart body, 404 for an unknown ``/api`` path, 405 + ``Allow`` for an undeclared method, 413
 for oversize input, 422 for bad fields or images, 501 for an operation the loaded model's family
-lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter on ``/edit`` and
-``/fan``, per-request LoRA scales on ``/edit``) are declared only for what the served model has loaded
+lacks, 503 + ``Retry-After`` when the queue is full. Add-on fields (ControlNet, IP-Adapter, per-request LoRA
+scales, on ``/edit`` and ``/fan``) are declared only for what the served model has loaded
 (``reference_images``, a repeated file field on ``/edit``, only for a model that takes them), a
 served IP-Adapter's image as required and a ControlNet's "control_image or control_from" (and a
 ControlNet Union's ``control_mode`` with a control image) as the body's rule; an operation the loaded model cannot run is not published (it answers 501); ``pipeline_kwargs`` (extra arguments for
@@ -46,7 +46,7 @@ from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list
 from ..request import EditRequest, validate_edit_params
 from .pipeargs import DESCRIPTION as PIPELINE_KWARGS_HELP
 from .pipeargs import PipelineArguments
-from .service import EditService, QueueFull, TooLarge, png_bytes
+from .service import MAX_REFERENCE_IMAGES, EditService, QueueFull, TooLarge, png_bytes
 
 MAX_FAN_COLUMNS = 16
 MAX_AUTO_MAPS = 64
@@ -58,8 +58,6 @@ MAX_GUIDANCE = 100.0
 MAX_SEED = 2**53 - 1
 #: What file fields may carry: any image format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...).
 IMAGE_MEDIA_TYPES = "image/*"
-#: The most extra reference images one edit may carry (each is one more VAE encode and prompt image).
-MAX_REFERENCE_IMAGES = 8
 
 
 class ErrorBody(BaseModel):
@@ -384,11 +382,9 @@ def _first_image(out: Any) -> Image.Image:
     raise DiffDiffError(f"the editor returned {type(out).__name__}, not an image")
 
 
-#: /api/edit's add-on fields, by the add-on of the served model that takes them.
+#: The add-on fields of /api/edit and /api/fan, by the add-on of the served model that takes them.
 ADDON_FIELDS = {"control_image": "controlnets", "control_from": "controlnets", "controlnet_scale": "controlnets",
                 "control_mode": "union", "ip_adapter_image": "ip_adapter", "lora": "loras"}
-#: Those /api/fan takes (per-request LoRA scales are /api/edit's only).
-FAN_ADDON_FIELDS = ("control_image", "control_from", "controlnet_scale", "control_mode", "ip_adapter_image")
 #: What each kind of add-on is called in messages.
 ADDON_NAMES = {"controlnets": "ControlNet", "union": "ControlNet Union", "ip_adapter": "IP-Adapter", "loras": "LoRA"}
 
@@ -476,6 +472,36 @@ def _served_addon_fields(service: EditService) -> set[str]:
             and (kind != "loras" or lora_names(addons.loras))}
 
 
+def _lora_field(names: list[str]) -> Any:
+    """The ``lora`` form field of /api/edit and /api/fan: per-request scales of the loaded LoRAs ``names``."""
+    description = (f"Per-request LoRA scales: NAME:SCALE, comma-separated, and the field may be repeated; NAME is one "
+                   f"of {', '.join(names) or 'none'}, SCALE a decimal number from -{MAX_CALL_SCALE:g} to "
+                   f"{MAX_CALL_SCALE:g}; a LoRA named twice takes its last scale, one not named keeps its load-time scale")
+    return Form(None, description=description, json_schema_extra={"pattern": scale_list_pattern(names)})
+
+
+async def _lora_scales(request: Request, served: set[str], loras: list[dict[str, Any]]) -> dict[int, float]:
+    """A request's LoRA scales, {LoRA index: scale}: every value of its repeatable ``lora`` field, checked
+    (FastAPI keeps one of them); none where the served model has no LoRAs."""
+    if "lora" not in served:
+        return {}
+    form = await request.form()
+    return parse_scale_overrides([v for v in form.getlist("lora") if isinstance(v, str)], loras)
+
+
+def _lora_metadata(loras: list[dict[str, Any]], scales: dict[int, float]) -> dict[str, Any]:
+    """What the PNG metadata records of a request's LoRA scales (nothing when it sets none)."""
+    return {"lora": with_scales(loras, scales)} if scales else {}
+
+
+def _at_scales(editor: Any, loras: list[dict[str, Any]], scales: dict[int, float], run: Callable[[], Any]) -> Any:
+    """``run()`` with the request's LoRA scales set (the caller holds the model), the load-time ones back after."""
+    if not scales:
+        return run()
+    with scaled_loras(editor.pipe, loras, scales):
+        return run()
+
+
 def _served_loras(service: EditService) -> list[dict[str, Any]]:
     """The metadata records of the LoRAs the served model has loaded (load order)."""
     return list(getattr(getattr(service._editor, "addons", None), "loras", None) or [])
@@ -526,9 +552,6 @@ def build_router(service: EditService) -> APIRouter:
     extra_args = PipelineArguments(getattr(service._editor, "pipe", None))
     loras = _served_loras(service)
     names = sorted(lora_names(loras))
-    lora_help = (f"Per-request LoRA scales: NAME:SCALE, comma-separated, and the field may be repeated; NAME is one "
-                 f"of {', '.join(names) or 'none'}, SCALE a decimal number from -{MAX_CALL_SCALE:g} to "
-                 f"{MAX_CALL_SCALE:g}; a LoRA named twice takes its last scale, one not named keeps its load-time scale")
 
     async def edit(
         request: Request,
@@ -553,16 +576,14 @@ def build_router(service: EditService) -> APIRouter:
             description="Extra reference images after the input, for instruction-edit models that take several "
             "(Qwen-Image-Edit-Plus); repeat the file field for each",
             json_schema_extra={"maxItems": MAX_REFERENCE_IMAGES})] = None,  # counted in _read_references
-        lora: Optional[str] = Form(None, description=lora_help, json_schema_extra={"pattern": scale_list_pattern(names)}),
+        lora: Optional[str] = _lora_field(names),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora", "reference_images"))
         control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
                                                      ip_adapter_image)
         form = await request.form()
-        # Every value of a repeated lora field, checked here (FastAPI keeps one of them).
-        lora_values = [v for v in form.getlist("lora") if isinstance(v, str)] if "lora" in served else []
-        lora_scales = parse_scale_overrides(lora_values, loras)
+        lora_scales = await _lora_scales(request, served, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes)
         # Read from the form whether or not the field is declared: a model that takes none refuses them itself.
@@ -587,15 +608,12 @@ def build_router(service: EditService) -> APIRouter:
                 addon_images["reference_images"] = [service.decode(d, f"reference image {i}").copy()
                                                     for i, d in enumerate(ref_data, 1)]
             if lora_scales:  # the metadata records the scales this request ran with
-                edit_request = edit_request.with_metadata({"lora": with_scales(loras, lora_scales)})
+                edit_request = edit_request.with_metadata(_lora_metadata(loras, lora_scales))
             return img, cmap, edit_request.replace(**addon_images) if addon_images else edit_request
 
         def work(ed: Any, p: tuple[Image.Image, Image.Image, EditRequest]) -> Any:
             # Per-request LoRA scales: set for this edit only (we hold the model), restored after it.
-            if not lora_scales:
-                return _method(ed, "edit_with")(p[0], p[1], p[2])
-            with scaled_loras(ed.pipe, loras, lora_scales):
-                return _method(ed, "edit_with")(p[0], p[1], p[2])
+            return _at_scales(ed, loras, lora_scales, lambda: _method(ed, "edit_with")(p[0], p[1], p[2]))
 
         out, notes = await _job(service, prepare, work)
         return _png_response(_first_image(out), notes)
@@ -629,11 +647,13 @@ def build_router(service: EditService) -> APIRouter:
         controlnet_scale: ControlScale = None,
         control_mode: ControlMode = None,
         ip_adapter_image: IpAdapterImage = None,
+        lora: Optional[str] = _lora_field(names),
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
-        await _present(request, REQUIRED_TEXT["/api/fan"])
-        control_data, ip_data = await _addon_uploads(request, FAN_ADDON_FIELDS, served, service, control_image,
+        await _present(request, REQUIRED_TEXT["/api/fan"], repeatable=("lora",))
+        control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
                                                      ip_adapter_image)
+        lora_scales = await _lora_scales(request, served, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
         map_data = await _read(map, "map", service.max_upload_bytes, required=False)
 
@@ -659,8 +679,11 @@ def build_router(service: EditService) -> APIRouter:
                                   "skip_frozen": skip_frozen, **p[3]}
             if p[2]:
                 kw["pipeline_kwargs"] = p[2]
-            return _method(ed, "fan")(p[0], prompt, columns=columns, min_strength=min_strength,
-                                      max_strength=max_strength, change_map=p[1], **kw)
+            if lora_scales:  # the metadata records the scales this request ran with
+                kw["metadata"] = _lora_metadata(loras, lora_scales)
+            return _at_scales(ed, loras, lora_scales, lambda: _method(ed, "fan")(
+                p[0], prompt, columns=columns, min_strength=min_strength, max_strength=max_strength,
+                change_map=p[1], **kw))
 
         out, notes = await _job(service, prepare, work)
         img = _first_image(out)

@@ -37,6 +37,9 @@ DEFAULT_QUEUE_SIZE = 4
 DEFAULT_MAX_STEPS = 500
 #: Uploads above this many bytes are refused before they are parsed (also 413).
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+#: The most extra reference images one edit may carry, from the API or the UI (each is one more VAE
+#: encode and prompt image).
+MAX_REFERENCE_IMAGES = 8
 
 
 class QueueFull(Exception):

@@ -6,9 +6,11 @@ opaque black paints "keep". The canvas shows the image and the strokes; the prev
 shows the whole map and the levels the run will use. (The toolkit map is held server-side in a
 ``gr.State`` rather than pushed into the canvas as a layer: Gradio's editor does not reliably
 render layers set from Python.) With a ControlNet loaded the Edit tab also takes a control image (or
-derives one from the input with Canny) and a control scale; with an IP-Adapter, a reference image
-(:func:`addon_kwargs` turns them into the run's arguments). The Strength fan tab runs with those same
-inputs (``Editor.fan`` takes the edit's arguments); the auto map and DiffEdit take no add-on inputs
+derives one from the input with Canny) and a control scale, and for a ControlNet Union its control
+type (the modes the model was trained with); with an IP-Adapter, a reference image (:func:`addon_kwargs`
+turns them into the run's arguments). The Strength fan tab runs with those same inputs (``Editor.fan``
+takes the edit's arguments). A model that takes extra reference images (Qwen-Image-Edit-Plus) gets a
+multi-image input for the edit (:func:`reference_list`). The auto map and DiffEdit take no add-on inputs
 and are offered only where :func:`diffdiff.denoise.unsupported_reason` allows them. Every model call
 goes through the same :class:`~diffdiff.web.service.EditService` queue as the REST API.
 """
@@ -19,7 +21,7 @@ import itertools
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,10 +29,11 @@ import numpy as np
 from PIL import Image
 
 from .. import maps
+from ..addon_inputs import controlnets_of, served_union_modes
 from ..denoise import SUPPORTED_FAMILIES, unsupported_reason
 from ..errors import DiffDiffError, DiffDiffWarning
 from ..levels import executed_steps
-from .service import EditService, QueueFull, png_bytes
+from .service import MAX_REFERENCE_IMAGES, EditService, QueueFull, png_bytes
 
 UI_CSS = """
 #dd-header h1 { margin-bottom: 0; }
@@ -121,12 +124,15 @@ def map_preview(image: Image.Image, change_map: Image.Image, steps: int, strengt
 
 
 def addon_kwargs(controlnet: bool, ip_adapter: bool, control_source: Optional[str], control_image: Any,
-                 control_scale: Any, ip_image: Any) -> dict[str, Any]:
+                 control_scale: Any, ip_image: Any, union_modes: Sequence[str] = (),
+                 control_mode: Optional[str] = None) -> dict[str, Any]:
     """The add-on arguments of an edit or a fan from the Edit tab's add-on inputs, for what the model has loaded.
 
     ``controlnet`` / ``ip_adapter``: whether the served model has one (the inputs are shown only then).
     ``control_source`` ``"canny"`` derives the control image from the input; ``"upload"`` uses
-    ``control_image``. A missing upload is one line saying what to do.
+    ``control_image``. ``union_modes``: a served ControlNet Union's control types (empty for none);
+    ``control_mode`` must be one of them, and is needed with an uploaded control image (derived
+    edges default to ``canny``, as in the library). A missing or bad input is one line saying what to do.
     """
     kw: dict[str, Any] = {}
     if controlnet:
@@ -139,12 +145,52 @@ def addon_kwargs(controlnet: bool, ip_adapter: bool, control_source: Optional[st
             kw["control_image"] = control
         if control_scale not in (None, ""):
             kw["controlnet_conditioning_scale"] = float(control_scale)
+    if control_mode not in (None, ""):
+        if not union_modes:
+            raise DiffDiffError("A control type is only for a ControlNet Union, and none is loaded.")
+        if control_mode not in union_modes:
+            raise DiffDiffError(f"Control type {control_mode!r} is not one this ControlNet Union was trained with: "
+                                f"choose one of {', '.join(union_modes)}.")
+        kw["control_mode"] = control_mode
+    elif union_modes and "control_image" in kw:
+        raise DiffDiffError(f"A ControlNet Union is loaded: choose the uploaded control image's type "
+                            f"({', '.join(union_modes)}).")
     if ip_adapter:
         reference = _as_pil(ip_image)
         if reference is None:
             raise DiffDiffError("An IP-Adapter is loaded: upload its reference image.")
         kw["ip_adapter_image"] = reference
     return kw
+
+
+def reference_list(value: Any, check_pixels: Optional[Callable[[tuple[int, int], str], None]] = None) -> list[Image.Image]:
+    """The Edit tab's extra reference images, in order, as ``Editor.edit(reference_images=[...])`` takes them.
+
+    ``value`` is the gallery's: ``(image, caption)`` pairs (or images, arrays, file paths); None or
+    empty is none. At most :data:`~diffdiff.web.service.MAX_REFERENCE_IMAGES`; ``check_pixels(size, what)``
+    refuses one above the server's pixel limit. A bad item is one line naming it.
+    """
+    items = list(value or [])
+    if len(items) > MAX_REFERENCE_IMAGES:
+        raise DiffDiffError(f"{len(items)} reference images given; at most {MAX_REFERENCE_IMAGES} on this server.")
+    out: list[Image.Image] = []
+    for i, item in enumerate(items, 1):
+        what = f"reference image {i}"
+        media = item[0] if isinstance(item, (tuple, list)) else item
+        try:
+            img = _as_pil(media)
+            # A file-backed image (Gradio's upload) is read now and kept as a plain image, as the REST API
+            # and the CLI pass them: the metadata records each as "<Image (w, h)>".
+            if img is not None and type(img) is not Image.Image:
+                img = img.copy()
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's unreadable and truncated files
+            raise DiffDiffError(f"{what} is not a readable image (unknown or corrupt format).") from exc
+        if img is None:
+            raise DiffDiffError(f"{what} is not an image (got {type(media).__name__}).")
+        if check_pixels is not None:
+            check_pixels(img.size, what)
+        out.append(img)
+    return out
 
 
 class ResultStore:
@@ -211,12 +257,22 @@ def build_ui(service: EditService) -> Any:
     def seed_or_none(seed: Any) -> Optional[int]:
         return None if seed is None or int(seed) < 0 else int(seed)
 
-    def addons_of(control_source: Optional[str], control_image: Any, control_scale: Any, ip_image: Any) -> dict[str, Any]:
+    def addons_of(control_source: Optional[str], control_image: Any, control_scale: Any, ip_image: Any,
+                  control_mode: Optional[str]) -> dict[str, Any]:
         """:func:`addon_kwargs` for the served model; a missing upload is Gradio's one-line message."""
         try:
-            return addon_kwargs(has_control, has_ip, control_source, control_image, control_scale, ip_image)
+            return addon_kwargs(has_control, has_ip, control_source, control_image, control_scale, ip_image,
+                                union_modes, control_mode)
         except DiffDiffError as exc:
             raise gr.Error(str(exc)) from None
+
+    def references_of(value: Any) -> dict[str, Any]:
+        """The edit's ``reference_images`` argument from the gallery (none: no argument); bad input is one line."""
+        try:
+            refs = reference_list(value, service.check_pixels)
+        except DiffDiffError as exc:
+            raise gr.Error(str(exc)) from None
+        return {"reference_images": refs} if refs else {}
 
     # handlers: the toolkit ones return the new base map (a gr.State) --------------------------
     def update_preview(value: Any, base: Optional[Image.Image], steps: float, strength: float,
@@ -257,12 +313,13 @@ def build_ui(service: EditService) -> Any:
 
     def run_edit(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, strength: float, seed: Any,
                  polarity: str, history: list[str], control_source: Optional[str] = None, control_image: Any = None,
-                 control_scale: Any = None, ip_image: Any = None,
-                 progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+                 control_scale: Any = None, ip_image: Any = None, control_mode: Optional[str] = None,
+                 references: Any = None, progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
         img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt: what the edited image should show.")
-        extra = addons_of(control_source, control_image, control_scale, ip_image)
+        extra = addons_of(control_source, control_image, control_scale, ip_image, control_mode)
+        extra.update(references_of(references))
         out = run_job(lambda ed: ed.edit(
             img, cmap, prompt, negative_prompt=negative or None, num_inference_steps=int(steps),
             guidance_scale=None if guidance in (None, "") else float(guidance), strength=float(strength),
@@ -276,13 +333,13 @@ def build_ui(service: EditService) -> Any:
     def run_fan(value: Any, base: Optional[Image.Image], prompt: str, negative: str, steps: float, guidance: Any, seed: Any, polarity: str,
                 columns: float, lo: float, hi: float, use_map: bool, control_source: Optional[str] = None,
                 control_image: Any = None, control_scale: Any = None, ip_image: Any = None,
-                progress: Any = gr.Progress(track_tqdm=True)) -> str:
+                control_mode: Optional[str] = None, progress: Any = gr.Progress(track_tqdm=True)) -> str:
         img, cmap = need(value, base)
         if not prompt.strip():
             raise gr.Error("Write a prompt on the Edit tab.")
         if lo > hi:
             raise gr.Error("The minimum strength is above the maximum.")
-        extra = addons_of(control_source, control_image, control_scale, ip_image)
+        extra = addons_of(control_source, control_image, control_scale, ip_image, control_mode)
         out = run_job(lambda ed: ed.fan(
             img, prompt, columns=int(columns), min_strength=float(lo), max_strength=float(hi),
             change_map=cmap if use_map else None, negative_prompt=negative or None, num_inference_steps=int(steps),
@@ -315,6 +372,11 @@ def build_ui(service: EditService) -> Any:
     addons = getattr(service._editor, "addons", None) if service.loaded else None
     has_control = bool(addons is not None and addons.controlnets)
     has_ip = bool(addons is not None and addons.ip_adapter)
+    # A ControlNet Union's control types: those it was trained with (none for another model).
+    union_modes = (list(served_union_modes(controlnets_of(getattr(service._editor, "pipe", None))))
+                   if addons is not None and addons.union else [])
+    # Extra reference images, for a model that takes them (Qwen-Image-Edit-Plus).
+    takes_refs = bool(service.loaded and getattr(getattr(service._editor, "adapter", None), "reference_image", False))
     # Why the auto map and DiffEdit are off for this model (they take no add-on inputs).
     no_predictor = (unsupported_reason(service._editor) if service.loaded else None) or "the editor has no Editor.diffedit"
     with gr.Blocks(title="diffdiff") as demo:
@@ -369,7 +431,9 @@ def build_ui(service: EditService) -> Any:
                         control_source: Any
                         control_image: Any
                         control_scale: Any
+                        control_mode: Any
                         ip_image: Any
+                        references: Any
                         if has_control:
                             with gr.Accordion("ControlNet", open=True):
                                 control_source = gr.Radio(CONTROL_SOURCES, value="upload", label="Control image",
@@ -379,13 +443,26 @@ def build_ui(service: EditService) -> Any:
                                                          elem_id="dd-control-image")
                                 control_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale",
                                                           elem_id="dd-control-scale")
+                                if union_modes:
+                                    control_mode = gr.Dropdown(
+                                        union_modes, value=None, label="Control type (ControlNet Union; derived "
+                                        "edges default to canny)", elem_id="dd-control-mode")
+                                else:
+                                    control_mode = gr.State(None)
                         else:
-                            control_source = control_image = control_scale = gr.State(None)
+                            control_source = control_image = control_scale = control_mode = gr.State(None)
                         if has_ip:
                             ip_image = gr.Image(label="IP-Adapter reference image", type="pil",
                                                 sources=("upload", "clipboard"), height=200, elem_id="dd-ip-image")
                         else:
                             ip_image = gr.State(None)
+                        if takes_refs:
+                            references = gr.Gallery(
+                                label=f"Extra reference images (after the input, in order; at most {MAX_REFERENCE_IMAGES})",
+                                type="pil", file_types=["image"], sources=["upload", "clipboard"], interactive=True,
+                                columns=4, height=200, format="png", elem_id="dd-references")
+                        else:
+                            references = gr.State(None)
                         run_btn = gr.Button("Run edit", variant="primary", elem_id="dd-run")
                 gallery = gr.Gallery(label="Results: PNG files with the parameters as metadata", columns=4,
                                      format="png", elem_id="dd-gallery", preview=False, allow_preview=True,
@@ -396,7 +473,8 @@ def build_ui(service: EditService) -> Any:
                 if features["fan"]:
                     gr.Markdown("One run whose columns go from the minimum to the maximum strength, left to right. "
                                 "Uses the image, prompt and settings of the **Edit** tab"
-                                + (", and its ControlNet / IP-Adapter inputs." if has_control or has_ip else "."))
+                                + (", and its ControlNet / IP-Adapter inputs" if has_control or has_ip else "")
+                                + (" (not its extra reference images: those are the edit's)." if takes_refs else "."))
                     with gr.Row():
                         columns = gr.Slider(2, 12, value=5, step=1, label="Columns")
                         lo = gr.Slider(0, 1, value=0.0, step=0.05, label="Min strength")
@@ -406,7 +484,8 @@ def build_ui(service: EditService) -> Any:
                     fan_out = gr.Image(label="Fan (PNG with metadata)", type="filepath", format="png", height=420,
                                        interactive=False, elem_id="dd-fan-out")
                     fan_btn.click(run_fan, [canvas, base_map, prompt, negative, steps, guidance, seed, polarity, columns, lo, hi,
-                                            fan_map, control_source, control_image, control_scale, ip_image], fan_out)
+                                            fan_map, control_source, control_image, control_scale, ip_image,
+                                            control_mode], fan_out)
                 else:
                     gr.Markdown("The loaded editor has no strength fan (`Editor.fan`).")
 
@@ -453,7 +532,7 @@ def build_ui(service: EditService) -> Any:
                                                                     **quiet)
         run_btn.click(update_preview, preview_inputs, preview_outputs, **quiet).then(
             run_edit, [canvas, base_map, prompt, negative, steps, guidance, strength, seed, polarity, history,
-                       control_source, control_image, control_scale, ip_image],
+                       control_source, control_image, control_scale, ip_image, control_mode, references],
             [gallery, meta, history])
     return demo
 
