@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,35 @@ def test_cli_help_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    import click
+
+    out = []
+    for name, cmd in getattr(group, "commands", {}).items():
+        out += _commands(cmd, (*path, name)) if isinstance(cmd, click.Group) else [((*path, name), cmd)]
+    return out
+
+
+def test_every_option_help_is_shown_whole() -> None:
+    """Rich markup eats a bracketed "[default: x]" in a help text (``--model`` once read "... file ."):
+    every option's help, as written, appears whole in its command's ``--help``."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from diffdiff.cli import app
+
+    group = typer.main.get_command(app)
+    commands = _commands(group)
+    assert len(commands) >= 8, [c for c, _ in commands]
+    for path, cmd in commands:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, (path, result.output)
+        shown = re.sub(r"[│\s]+", " ", result.output)
+        for param in cmd.params:
+            text = getattr(param, "help", None)
+            if text:
+                assert " ".join(text.split()) in shown, (path, param.name, text)

@@ -31,9 +31,9 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
         model_config: Optional[str] = typer.Option(None, "--model-config", help="For a single-file --model: diffusers folder (or hub id) with its configs, or the original .yaml."),
         steps: int = typer.Option(50, "--steps", "-s", help="Default number of inference steps."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Default guidance scale [default: the model's]."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Default guidance scale (default: the model's)."),
         strength: float = typer.Option(1.0, "--strength", help="Default maximum strength (0..1)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one [default: a random seed per row, recorded]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one (default: a random seed per row, recorded)."),
         num_images: int = typer.Option(1, "--num-images", "-k", help="Default variations per row (<id>-1.png, <id>-2.png, ...)."),
         polarity: str = typer.Option("change", "--polarity", help="Default polarity of 'map' rows: 'change' (white = change) or 'keep'."),
         paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy untouched (map = 0) pixels back exactly."),
@@ -47,10 +47,10 @@ def register(app: typer.Typer) -> None:
         ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' (the running cluster, else a new local one) or a cluster address."),
         workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: N CPU workers instead of one per GPU."),
         shared_storage: bool = typer.Option(False, "--shared-storage", help="With --ray: workers read inputs and write outputs by path (a folder all nodes see) instead of receiving and returning bytes."),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU)."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images larger than this many pixels."),
-        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: when stderr is a terminal]."),
+        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
     ) -> None:
         """Edit every row of MANIFEST with one loaded model; a second run resumes where the first stopped."""
 

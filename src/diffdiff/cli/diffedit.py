@@ -11,7 +11,7 @@ from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from .common import info, load_editor, run_command, save_outputs
 from .maps import map_app
 
-MODEL_HELP = "Model (SD 1.x/2.x or SDXL): hub id, local diffusers folder or single file [default: SDXL base 1.0]."
+MODEL_HELP = "Model (SD 1.x/2.x or SDXL): hub id, local diffusers folder or single file (default: SDXL base 1.0)."
 SOURCE_HELP = "What the image shows now, e.g. 'a bowl of fruits'."
 TARGET_HELP = "What it should show, e.g. 'a bowl of pears'."
 
@@ -27,7 +27,7 @@ def _auto_command(map_app: typer.Typer) -> None:
         encode_strength: float = typer.Option(MAP_ENCODE_STRENGTH, "--encode-strength", help="Noise level the prompts are compared at (0..1]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for the noise draws."),
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
     ) -> None:
         """Change map from text: where the TARGET prompt's prediction differs from the SOURCE's."""
@@ -61,12 +61,12 @@ def register(app: typer.Typer) -> None:
         save_map: Optional[Path] = typer.Option(None, "--save-map", help="Also write the binary mask used (PNG)."),
         encode_ratio: float = typer.Option(0.5, "--encode-ratio", help="How far the image is inverted (0..1]: higher = bigger changes."),
         steps: int = typer.Option(50, "--steps", "-s", help="DDIM steps for the full schedule."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance for the target prompt [default: the model's]."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Guidance for the target prompt (default: the model's)."),
         negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
         num_maps: int = typer.Option(MAP_NUM_MAPS, "--num-maps", help="Noise draws for the automatic mask."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (recorded in the PNG metadata)."),
         model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
     ) -> None:
         """DiffEdit IMAGE: invert it under SOURCE, regenerate the masked region under TARGET, keep the rest."""

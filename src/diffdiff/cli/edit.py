@@ -10,7 +10,7 @@ import typer
 from .addon_options import AddonOptions, addon_options
 from .common import load_editor, run_command, save_outputs
 
-MODEL_HELP = "Model: hub id, local diffusers folder or single .safetensors/.ckpt file [default: SDXL base 1.0]."
+MODEL_HELP = "Model: hub id, local diffusers folder or single .safetensors/.ckpt file (default: SDXL base 1.0)."
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         stage_2: Optional[str] = typer.Option(None, "--stage-2", help="DeepFloyd IF stage II (super-resolution; the map acts there too)."),
         stage_3: Optional[str] = typer.Option(None, "--stage-3", help="DeepFloyd IF stage III x4 upscaler (map-free)."),
         steps: int = typer.Option(50, "--steps", "-s", help="Number of inference steps."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale [default: the model's]."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (default: the model's)."),
         strength: float = typer.Option(1.0, "--strength", help="Maximum strength, reached where the map is white (0..1)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (recorded in the PNG metadata)."),
         num_images: int = typer.Option(1, "--num-images", "-k", help="How many variations to produce."),
@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
         crop_padding: int = typer.Option(32, "--crop-padding", help="Context pixels kept around the changed region with --crop."),
         crop_resolution: Optional[str] = typer.Option(None, "--crop-resolution", help="'native': upscale a small --crop region to the model's native size, or a size in pixels."),
         skip_frozen: bool = typer.Option(False, "--skip-frozen", help="Run the model at each step only on the box of pixels free by then (+ --crop-padding context): faster for small or graded maps, slightly less context early on."),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU)."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images (or --crop regions) larger than this many pixels."),
         reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Instruction-edit models taking several images (Qwen-Image-Edit-Plus): an extra reference image after IMAGE. Repeat for several."),
         pipeline_kwargs: Optional[str] = typer.Option(None, "--pipeline-kwargs", help="""Extra arguments for the diffusers call, as a JSON object, e.g. '{"max_sequence_length": 128}'."""),

@@ -170,9 +170,9 @@ def depth(
     white_is_near: bool = typer.Option(True, "--white-near/--white-far", help="Whether white means near (default) or far."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Stretch the depth image's range to 0..1 first."),
     depth_model: Optional[str] = typer.Option(None, "--depth-model", help="Estimate depth from the photo DEPTH with this Marigold depth model (folder or hub id, e.g. prs-eth/marigold-depth-v1-1)."),
-    depth_steps: Optional[int] = typer.Option(None, "--depth-steps", help="Denoising steps of the depth model [default: the model's]."),
+    depth_steps: Optional[int] = typer.Option(None, "--depth-steps", help="Denoising steps of the depth model (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the depth model's noise."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu for the depth model [default: best available]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu for the depth model (default: best available)."),
     output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """Map from depth: change varies linearly from --near (nearest) to --far (farthest)."""

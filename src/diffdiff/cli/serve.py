@@ -40,14 +40,14 @@ def load_web(ui: bool) -> tuple[ModuleType, ModuleType]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        model: Optional[str] = typer.Option(None, "--model", help="Model: hub id, local diffusers folder or single file [default: SDXL base 1.0]."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model: hub id, local diffusers folder or single file (default: SDXL base 1.0)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default accepts local connections only."),
         port: int = typer.Option(7860, "--port", help="TCP port."),
-        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse larger images with 413 [default: 2048x2048]."),
-        queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Requests that may wait while one runs; more get 503 [default: 4]."),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most inference steps one request may ask for; more get 422 [default: 500]."),
+        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse larger images with 413 (default: 2048x2048)."),
+        queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Requests that may wait while one runs; more get 503 (default: 4)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most inference steps one request may ask for; more get 422 (default: 500)."),
         no_ui: bool = typer.Option(False, "--no-ui", help="Serve the REST API only (no Gradio needed)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
         controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="Serve with this ControlNet (requests then send control_image). Repeat for several."),
         lora: Optional[list[str]] = typer.Option(None, "--lora", help="Serve with these LoRA weights PATH_OR_ID[:SCALE]. Repeatable."),

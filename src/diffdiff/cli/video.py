@@ -15,21 +15,21 @@ def register(app: typer.Typer) -> None:
     def edit_video(
         video: Path = typer.Argument(..., help="Clip to edit: .mp4, .gif, .webp or a folder of frames."),
         change_map: Optional[Path] = typer.Option(None, "--map", "-m", help="Change map: one image for every frame, a map video of the same length, or a folder of per-frame maps (white = change)."),
-        map_ramp: Optional[str] = typer.Option(None, "--map-ramp", help="START:END: scale frame k's map by a factor growing linearly from START (first frame) to END (last), e.g. 0:1 (alone: the ramp is the map)."),
+        map_ramp: Optional[str] = typer.Option(None, "--map-ramp", metavar="START:END", help="Scale frame k's map by a factor growing linearly from START (first frame) to END (last), e.g. 0:1 (alone: the ramp is the map)."),
         prompt: str = typer.Option(..., "--prompt", "-p", help="What the edited clip should show."),
         output: Path = typer.Option(..., "--output", "-o", help="Output .mp4, .gif, .webp (metadata in OUT.json) or a new folder of PNG frames."),
         negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
         model: Optional[str] = typer.Option(None, "--model", help="Video-to-video model: hub id or local diffusers folder (Wan 2.x)."),
         steps: int = typer.Option(50, "--steps", "-s", help="Number of inference steps."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale [default: the model's]."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (default: the model's)."),
         strength: float = typer.Option(1.0, "--strength", help="Maximum strength, reached where the map is white (0..1)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (recorded in the metadata)."),
         polarity: str = typer.Option("change", "--polarity", help="'change': white = change (default). 'keep': white = keep."),
         paste_back: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy untouched (map = 0) pixels of every frame back exactly."),
-        fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate [default: the input's]."),
+        fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate (default: the input's)."),
         max_frames: int = typer.Option(257, "--max-frames", help="Refuse clips (and map videos) longer than this many frames."),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 [default: fp16 on GPU, fp32 on CPU]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda, mps or cpu (default: best available)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU)."),
     ) -> None:
         """Edit VIDEO: each pixel of each frame changes as much as its change map allows."""
 
