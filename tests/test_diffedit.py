@@ -16,7 +16,7 @@ from diffdiff.automap import normalise_map
 from diffdiff.cli import app
 from diffdiff.denoise import NoisePredictor, encode_image
 from diffdiff.diffedit import decode, decoding_timesteps, invert
-from diffdiff.mapsettings import MAP_ENCODE_STRENGTH
+from diffdiff.mapsettings import MAP_ENCODE_STRENGTH, MAP_PEAK_RATIO
 from diffdiff.testing import sample_image
 
 # Latent cells (rows, cols) where the stand-in denoiser listens to the prompt; x8 in pixels.
@@ -294,6 +294,8 @@ def test_cli_diffedit_map_auto_and_edit_auto_map(model: str, request: pytest.Fix
                             "--steps", "4", "-o", str(files / "ed.png"), *common])
     assert r.exit_code == 0, r.output
     assert read_metadata(files / "ed.png")["auto_map_source"] == "a cat"
+    made = read_metadata(files / "ed.png")["auto_map"]  # how the map was made, as the map itself records it
+    assert made["encode_strength"] == MAP_ENCODE_STRENGTH and made["peak_ratio"] == MAP_PEAK_RATIO and "timestep" in made
 
 
 @pytest.mark.parametrize("args, message", [

@@ -165,6 +165,16 @@ def upsample_map(latent_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out[0, 0].clamp(0, 1).numpy().astype(np.float32)
 
 
+#: What an automatic map's metadata records of how it was made (an edit with it records these too).
+RECORDED = ("num_maps", "encode_strength", "clamp_ratio", "smooth", "peak_ratio", "timestep")
+
+
+def recorded_settings(map_image: Image.Image) -> dict[str, Any]:
+    """How the :func:`auto_map` image ``map_image`` was made (its metadata's ``RECORDED`` entries)."""
+    meta = map_image.info.get("diffdiff") or {}
+    return {k: meta[k] for k in RECORDED if k in meta}
+
+
 def auto_map(editor: EditorLike, image: ImageLike, source_prompt: str, target_prompt: str, **settings: Any) -> Image.Image:
     """The continuous change map as a PIL "L" image of the image's size (white = change).
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Union
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .automap import recorded_settings
 from .editor import Editor
 from .errors import DiffDiffError, DiffDiffWarning
 from .io import numbered_paths, open_image, pnginfo_for, save_png_atomic
@@ -405,7 +406,7 @@ def execute_unit(editor: Editor, unit: WorkUnit, write_dir: Optional[str] = None
                 cmap = editor.auto_map(img, first.source, s["prompt"], num_maps=s["num_maps"],
                                        encode_strength=s["encode_strength"], seed=seed)
                 images = editor.edit_with(img, cmap, request.replace(polarity="change").with_metadata(
-                    {"image_file": name, "auto_map_source": first.source}))
+                    {"image_file": name, "auto_map_source": first.source, "auto_map": recorded_settings(cmap)}))
     except Exception as exc:
         seconds = (time.perf_counter() - t0) / count
         return [_result(r, "error", r.seed, seconds, error=_one_line(exc)) for r in rows]

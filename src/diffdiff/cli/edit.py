@@ -85,8 +85,11 @@ def register(app: typer.Typer) -> None:
             ed.refiner_start = refiner_start
             ed.max_pixels = max_pixels
             if cmap is None:
+                from ..automap import recorded_settings
+
                 cmap = ed.auto_map(img, auto_map, prompt, seed=seed)
-                request = request.replace(polarity="change")  # automatic maps are white = change
+                # automatic maps are white = change; the metadata records how the map was made
+                request = request.replace(polarity="change").with_metadata({"auto_map": recorded_settings(cmap)})
             images = ed.edit_with(img, cmap, request)
             save_outputs(images, output)
 
