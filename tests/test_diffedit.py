@@ -317,3 +317,17 @@ def test_cli_edit_needs_exactly_one_map_source(files: Path, tiny_sd_path: Path) 
                             "--auto-map", "y", "--model", str(tiny_sd_path), "-o", str(files / "out.png")])
     assert r.exit_code == 1 and "--auto-map" in r.output
     assert not (files / "out.png").exists()
+
+
+def test_readme_states_the_automatic_map_defaults() -> None:
+    """README ("Edit from text"): 10 draws at noise level 0.3, unsmoothed, white at 0.8x the peak and
+    never below 3x the mean; the CLI shows the same defaults."""
+    from diffdiff import mapsettings as ms
+
+    assert (ms.MAP_NUM_MAPS, ms.MAP_ENCODE_STRENGTH, ms.MAP_SMOOTH, ms.MAP_PEAK_RATIO, ms.MAP_CLAMP_RATIO) == \
+        (10, 0.3, 0.0, 0.8, 3.0)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for text in ("`encode_strength` (default 0.3", "`peak_ratio=0.8`", "`clamp_ratio=3`", "`num_maps` noise draws (default 10)"):
+        assert text in " ".join(readme.split()), text
+    r = CliRunner().invoke(app, ["map", "auto", "--help"], env={"COLUMNS": "300"})
+    assert "[default: 0.3]" in r.output and "[default: 10]" in r.output
