@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -166,3 +168,41 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         if isinstance(value, list) or not text_is_valid(to_wire_text(value), props[name]):
             return True
     return not mutations
+
+
+class Recorder:
+    """ASGI wrapper keeping (method, path, status, request body) of every answer, so a fuzz test can
+    show it was not vacuous (it reached the model, the refusals, the fields it must send)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.answers: list[tuple[str, str, int, bytes]] = []
+
+    @property
+    def seen(self) -> Counter[tuple[str, str, int]]:
+        """(method, path, status) of every answer."""
+        return Counter((m, p, st) for m, p, st, _ in self.answers)
+
+    def sent(self, pattern: Any, path: str | None = None) -> Counter[tuple[str, int]]:
+        """(path, status) of the requests (to ``path``, if given) whose body matches ``pattern``."""
+        return Counter((p, st) for _, p, st, body in self.answers if (path is None or p == path) and pattern.search(body))
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+
+        async def read() -> Any:
+            message = await receive()
+            if message.get("type") == "http.request":
+                body.extend(message.get("body", b""))
+            return message
+
+        async def record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.answers.append((scope["method"], scope["path"], message["status"], bytes(body)))
+            await send(message)
+
+        await self.app(scope, read, record)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -43,47 +41,15 @@ MAX_STEPS = 4  # the fuzzed server's steps limit: every request stays cheap on t
 PIPELINE_KWARGS_PART = re.compile(rb'name="pipeline_kwargs"\r\n(?:[^\r\n]+\r\n)*\r\n(?!\r\n--)')
 
 
-class StatusRecorder:
-    """ASGI wrapper counting (method, path, status) of every answer, to show the fuzz is not vacuous;
-    ``with_pipeline_kwargs`` counts (path, status) of the requests that sent a ``pipeline_kwargs`` value."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.seen: Counter[tuple[str, str, int]] = Counter()
-        self.with_pipeline_kwargs: Counter[tuple[str, int]] = Counter()
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        body = bytearray()
-
-        async def read() -> Any:
-            message = await receive()
-            if message.get("type") == "http.request":
-                body.extend(message.get("body", b""))
-            return message
-
-        async def record(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                self.seen[(scope["method"], scope["path"], message["status"])] += 1
-                if PIPELINE_KWARGS_PART.search(bytes(body)):
-                    self.with_pipeline_kwargs[(scope["path"], message["status"])] += 1
-            await send(message)
-
-        await self.app(scope, read, record)
-
-
 @pytest.fixture(scope="module")
-def fuzz_app(sd_editor: Editor) -> StatusRecorder:
+def fuzz_app(sd_editor: Editor) -> hooks.Recorder:
     # The UI is mounted as `diffdiff serve` does: a mount at "/" must not swallow /api's 405s.
     side = hooks.MAX_SIDE
-    return StatusRecorder(create_app(sd_editor, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
+    return hooks.Recorder(create_app(sd_editor, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
 
 
 @pytest.fixture(scope="module")
-def api_schema(fuzz_app: StatusRecorder) -> Any:
+def api_schema(fuzz_app: hooks.Recorder) -> Any:
     config = schemathesis.Config.from_dict({
         "seed": SEED,
         "cache": {"enabled": False},  # no crash replays from earlier runs: the same cases every time
@@ -103,7 +69,7 @@ def test_every_operation_agrees_with_the_schema(case: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def lora_app(tiny_sd_path: Any, tmp_path_factory: pytest.TempPathFactory) -> StatusRecorder:
+def lora_app(tiny_sd_path: Any, tmp_path_factory: pytest.TempPathFactory) -> hooks.Recorder:
     """A server whose model has two LoRAs loaded: /api/edit and /api/fan then declare the ``lora`` field."""
     pytest.importorskip("peft")
     from diffdiff.testing_addons import save_random_lora
@@ -114,11 +80,11 @@ def lora_app(tiny_sd_path: Any, tmp_path_factory: pytest.TempPathFactory) -> Sta
     ink.write_bytes(save_random_lora(tiny_sd_path, folder / "b", seed=1).read_bytes())
     editor = Editor.from_pretrained(tiny_sd_path, lora=[f"{style}:0.8", str(ink)], progress=False)
     side = hooks.MAX_SIDE
-    return StatusRecorder(create_app(editor, ui=False, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
+    return hooks.Recorder(create_app(editor, ui=False, max_pixels=side * side, queue_size=2, max_steps=MAX_STEPS))
 
 
 @pytest.fixture(scope="module")
-def lora_schema(lora_app: StatusRecorder) -> Any:
+def lora_schema(lora_app: hooks.Recorder) -> Any:
     config = schemathesis.Config.from_dict({
         "seed": SEED,
         "cache": {"enabled": False},
@@ -140,7 +106,7 @@ def test_edit_with_loras_agrees_with_the_schema(case: Any) -> None:
     case.call_and_validate()
 
 
-def test_the_lora_fuzz_sent_lora_scales(lora_app: StatusRecorder) -> None:
+def test_the_lora_fuzz_sent_lora_scales(lora_app: hooks.Recorder) -> None:
     """Runs after the LoRA fuzz: /api/edit and /api/fan were answered 200 and 422, with no 5xx."""
     if not lora_app.seen:
         pytest.skip("the LoRA fuzz did not run in this session (deselected)")
@@ -178,7 +144,7 @@ def test_wire_filter_exempts_only_text_that_is_valid_as_sent() -> None:
     assert not hooks.text_is_valid("x" * 11, {"type": "string", "maxLength": 10})
 
 
-def test_the_fuzz_reached_the_model_and_the_refusals(fuzz_app: StatusRecorder) -> None:
+def test_the_fuzz_reached_the_model_and_the_refusals(fuzz_app: hooks.Recorder) -> None:
     """Runs after the fuzz: every POST operation answered 200 (the model ran) and 422, and
     undeclared methods were tried and answered 405, so the checks above saw real traffic."""
     if not fuzz_app.seen:
@@ -193,13 +159,13 @@ def test_the_fuzz_reached_the_model_and_the_refusals(fuzz_app: StatusRecorder) -
     assert not any(st >= 500 for (_, _, st) in fuzz_app.seen), fuzz_app.seen
 
 
-def test_the_fuzz_sent_pipeline_kwargs(fuzz_app: StatusRecorder) -> None:
+def test_the_fuzz_sent_pipeline_kwargs(fuzz_app: hooks.Recorder) -> None:
     """Runs after the fuzz: both operations were sent ``pipeline_kwargs`` values, schema objects reached
     the model (200) and wrong ones were refused (422), never a 5xx. (Which operation drew the 200s
     varies with what else ran first; the explicit tests in test_web_pipeline_kwargs.py cover both.)"""
     if not fuzz_app.seen:
         pytest.skip("the fuzz test did not run in this session (deselected)")
-    sent = fuzz_app.with_pipeline_kwargs
+    sent = fuzz_app.sent(PIPELINE_KWARGS_PART)
     assert {p for (p, _) in sent} >= {"/api/edit", "/api/fan"}, sent
     assert {200, 422} <= {st for (_, st) in sent}, sent
     assert not any(st >= 500 for (_, st) in sent), sent
