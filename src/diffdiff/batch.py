@@ -35,6 +35,7 @@ from typing import Any, Optional, Union
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .addon_inputs import check_control_from, check_scales, union_mode
 from .automap import recorded_settings
 from .editor import Editor
 from .errors import DiffDiffError, DiffDiffWarning
@@ -74,7 +75,17 @@ FIELDS: dict[str, type] = {
     "skip_frozen": bool,
     "num_maps": int,
     "encode_strength": float,
+    # add-on inputs (for a model loaded with --controlnet / --ip-adapter)
+    "control_image": str,
+    "control_from": str,
+    "control_scale": float,
+    "control_mode": str,
+    "ip_adapter_image": str,
 }
+#: The add-on input fields: manifest column -> what it is called in error messages.
+ADDON_FIELDS = ("control_image", "control_from", "control_scale", "control_mode", "ip_adapter_image")
+#: Add-on input fields that are files (relative paths resolve like 'image').
+ADDON_FILES = {"control_image": "control image", "ip_adapter_image": "IP-Adapter image"}
 KINDS = ("map", "mask", "source_prompt")
 #: Settings every row gets unless it or a default says otherwise (the ``diffdiff edit`` defaults).
 BASE_SETTINGS: dict[str, Any] = {
@@ -102,6 +113,24 @@ class Row:
     settings: Mapping[str, Any]  # prompt, steps, strength, ... (no seed)
     seed: Optional[int]  # None: drawn when the row runs, then recorded
     outputs: tuple[str, ...]  # file names inside OUTDIR
+
+
+@dataclass(frozen=True)
+class LoadedAddons:
+    """Which per-row add-on inputs the batch's model takes, known before it is loaded (rows are
+    checked against it up front); ``None`` where :func:`run` is given one: not checked until a row runs."""
+
+    controlnet: bool = False
+    ip_adapter: bool = False
+
+    @classmethod
+    def of(cls, editor: Editor) -> LoadedAddons:
+        return cls(bool(editor.addons.controlnets), editor.addons.ip_adapter is not None)
+
+    @classmethod
+    def from_load_kw(cls, kw: Mapping[str, Any]) -> LoadedAddons:
+        """From ``Editor.from_pretrained`` keywords (the CLI's ``AddonOptions.load_kw()``)."""
+        return cls(bool(kw.get("controlnet")), bool(kw.get("ip_adapter")))
 
 
 @dataclass(frozen=True)
@@ -141,7 +170,7 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
             return float(text)
         except ValueError:
             raise DiffDiffError(f"field '{name}' must be {_type_word(kind)}, got {value!r}") from None
-    if kind is str and name == "crop_resolution" and isinstance(value, int) and not isinstance(value, bool):
+    if kind is str and name in ("crop_resolution", "control_mode") and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -182,8 +211,9 @@ def _abs(path: str, base: Path) -> str:
 
 
 def make_row(record: Mapping[str, Any], number: int, base_dir: Path, defaults: Mapping[str, Any],
-             from_text: bool = False) -> Row:
-    """Validate one manifest record (raises :class:`DiffDiffError` naming the problem)."""
+             from_text: bool = False, addons: Optional[LoadedAddons] = None) -> Row:
+    """Validate one manifest record (raises :class:`DiffDiffError` naming the problem); ``addons``:
+    what the model will carry, to refuse add-on inputs it has no add-on for (``None``: not checked)."""
     rec = _clean(record, from_text)
     if "image" not in rec:
         raise DiffDiffError("missing field 'image'")
@@ -208,6 +238,8 @@ def make_row(record: Mapping[str, Any], number: int, base_dir: Path, defaults: M
                 continue  # e.g. --softness is for mask rows
             if name == "polarity" and kind != "map":
                 continue
+            if name in ("control_image", "control_from") and ("control_image" in rec or "control_from" in rec):
+                continue  # the row's own control input replaces the default one
             settings[name] = value
     for name, value in rec.items():
         if name not in ("id", "image", *KINDS):
@@ -220,6 +252,10 @@ def make_row(record: Mapping[str, Any], number: int, base_dir: Path, defaults: M
         raise DiffDiffError("a 'mask' row needs 'softness' (or a --softness default)")
     if kind == "mask" and not (isinstance(settings["softness"], float) and settings["softness"] >= 0):
         raise DiffDiffError(f"softness must be a number >= 0, got {settings['softness']!r}")
+    for name in ADDON_FILES:
+        if name in rec:
+            settings[name] = _abs(rec[name], base_dir)
+    _check_addon_inputs(settings, addons)
     seed = settings.pop("seed", None)
     row_request(settings, seed)  # validates every edit field the row has, one line naming the first bad one
     if kind == "source_prompt":
@@ -233,6 +269,33 @@ def make_row(record: Mapping[str, Any], number: int, base_dir: Path, defaults: M
     source = rec[kind] if kind == "source_prompt" else _abs(rec[kind], base_dir)
     outputs = tuple(p.name for p in numbered_paths(Path(f"{row_id}.png"), settings["num_images"]))
     return Row(number, row_id, kind, _abs(rec["image"], base_dir), source, settings, seed, outputs)
+
+
+def _check_addon_inputs(settings: Mapping[str, Any], addons: Optional[LoadedAddons]) -> None:
+    """A row's add-on inputs: their files exist, and the model has the add-on each needs."""
+    for name, what in ADDON_FILES.items():
+        path = settings.get(name)
+        if path is not None and not Path(path).is_file():
+            raise DiffDiffError(f"'{name}': {what} file '{path}' does not exist")
+    if "control_image" in settings and "control_from" in settings:
+        raise DiffDiffError("give 'control_image' or 'control_from', not both")
+    check_control_from(settings.get("control_from"))
+    if "control_scale" in settings:
+        check_scales(settings["control_scale"], "control_scale")
+    if "control_mode" in settings:
+        union_mode(settings["control_mode"], None)  # a known name or a number
+    if addons is None:
+        return
+    control = [n for n in ("control_image", "control_from", "control_scale", "control_mode") if n in settings]
+    if control and not addons.controlnet:
+        raise DiffDiffError(f"'{control[0]}' needs a ControlNet: load one with --controlnet PATH")
+    if addons.controlnet and "control_image" not in settings and "control_from" not in settings:
+        raise DiffDiffError("a ControlNet is loaded: the row needs 'control_image' or 'control_from' "
+                            "(or a --control-image / --control-from default)")
+    if "ip_adapter_image" in settings and not addons.ip_adapter:
+        raise DiffDiffError("'ip_adapter_image' needs an IP-Adapter: load one with --ip-adapter FILE")
+    if addons.ip_adapter and "ip_adapter_image" not in settings:
+        raise DiffDiffError("an IP-Adapter is loaded: the row needs 'ip_adapter_image' (or an --ip-adapter-image default)")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[tuple[Mapping[str, Any] | DiffDiffError, bool]]:
@@ -280,7 +343,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[tuple[Mapping[str, Any] 
 
 
 def build_rows(records: Sequence[tuple[Mapping[str, Any] | DiffDiffError, bool]], base_dir: Path,
-               defaults: Mapping[str, Any] | None = None) -> list[Row | BadRow]:
+               defaults: Mapping[str, Any] | None = None, addons: Optional[LoadedAddons] = None) -> list[Row | BadRow]:
     """Validate every record; bad ones become :class:`BadRow` (so the run goes on without them)."""
     unknown = set(defaults or {}) - set(FIELDS)
     if unknown:
@@ -300,7 +363,7 @@ def build_rows(records: Sequence[tuple[Mapping[str, Any] | DiffDiffError, bool]]
         else:
             bad_id = _default_id(image, number) if isinstance(image, str) and not given_id else fallback
         try:
-            row = make_row(rec, number, base_dir, defaults, from_text)
+            row = make_row(rec, number, base_dir, defaults, from_text, addons)
         except DiffDiffError as exc:
             rows.append(BadRow(number, bad_id, str(exc)))
             continue
@@ -392,7 +455,7 @@ def execute_unit(editor: Editor, unit: WorkUnit, write_dir: Optional[str] = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DiffDiffWarning)
             img, _ = _open(first.image, "image", unit.files)
-            request = row_request(s, seed, count)
+            request = _with_addon_files(row_request(s, seed, count), s, unit.files)
             name = Path(first.image).name
             if first.kind == "map":
                 cmap, sha = _open(first.source, "change map", unit.files, want_sha=True)
@@ -429,9 +492,27 @@ def execute_unit(editor: Editor, unit: WorkUnit, write_dir: Optional[str] = None
     return results
 
 
+def _with_addon_files(request: EditRequest, s: Mapping[str, Any], files: Optional[dict[str, bytes]]) -> EditRequest:
+    """With inputs as bytes: the add-on images opened from them, their file names recorded as a path would be."""
+    if files is None:
+        return request  # paths: the editor opens them and records their names
+    changes: dict[str, Any] = {}
+    names: dict[str, Any] = {}
+    if s.get("control_image") is not None:
+        changes["control_image"], _ = _open(s["control_image"], "control image", files)
+        names["control_image_files"] = [Path(s["control_image"]).name]
+    if s.get("ip_adapter_image") is not None:
+        changes["ip_adapter_image"], _ = _open(s["ip_adapter_image"], "IP-Adapter image", files)
+        names["ip_adapter_image_file"] = Path(s["ip_adapter_image"]).name
+    return request.replace(**changes).with_metadata(names) if changes else request
+
+
 def row_request(s: Mapping[str, Any], seed: Optional[int], count: int = 1) -> EditRequest:
     """The :class:`~diffdiff.request.EditRequest` of a row's settings (``count`` rows merged into one call)."""
     return EditRequest(
+        control_image=s.get("control_image"), control_from=s.get("control_from"),
+        controlnet_conditioning_scale=s.get("control_scale"), control_mode=s.get("control_mode"),
+        ip_adapter_image=s.get("ip_adapter_image"),
         prompt=s["prompt"], negative_prompt=s.get("negative_prompt"), num_inference_steps=s["steps"],
         guidance_scale=s.get("guidance"), strength=s["strength"], seed=seed, num_images=s["num_images"] * count,
         polarity=s.get("polarity", "change"), paste_back=s["paste_back"], crop=s["crop"],
@@ -616,6 +697,7 @@ def run(
     shared_storage: bool = False,
     progress: bool = False,
     on_result: Optional[Callable[[Mapping[str, Any]], None]] = None,
+    addons: Optional[LoadedAddons] = None,
 ) -> Summary:
     """Run every row of ``manifest`` not done yet; return the :class:`Summary`.
 
@@ -625,7 +707,10 @@ def run(
     picklable function; each worker loads its own). ``defaults`` give any field for every row.
     ``ray``: ``"auto"`` (the running cluster, or a new local one) or a cluster address; ``workers``:
     that many CPU actors instead of one per GPU; ``shared_storage``: workers read inputs and write
-    outputs by path instead of receiving and returning bytes.
+    outputs by path instead of receiving and returning bytes. ``addons``: the add-ons the model
+    will carry (a function or model loaded with add-ons), so rows are checked against them before
+    any model is loaded; by default those of an :class:`Editor`, none for a model path, and for a
+    function unchecked until a row runs.
     """
     t0 = time.perf_counter()
     if ray is None and (workers is not None or shared_storage):
@@ -641,7 +726,9 @@ def run(
         base = Path(base_dir or ".").resolve()
         if not records:
             raise DiffDiffError("the manifest has no rows")
-    rows = build_rows(records, base, defaults)
+    if addons is None and isinstance(editor_or_model, (Editor, str, os.PathLike)):
+        addons = LoadedAddons.of(editor_or_model) if isinstance(editor_or_model, Editor) else LoadedAddons()
+    rows = build_rows(records, base, defaults, addons)
     out = _prepare_outdir(outdir)
     summary = Summary(total=len(rows), results=out / RESULTS_FILE)
     with _locked(out):
@@ -705,6 +792,7 @@ def _attach_bytes(unit: WorkUnit) -> Optional[str]:
     first = unit.rows[0]
     paths = [(first.image, "image")] + ([(first.source, "change map" if first.kind == "map" else "mask")]
                                          if first.kind != "source_prompt" else [])
+    paths += [(first.settings[n], what) for n, what in ADDON_FILES.items() if first.settings.get(n) is not None]
     files: dict[str, bytes] = {}
     for path, what in paths:
         p = Path(path)

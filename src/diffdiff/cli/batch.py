@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
+from .addon_options import AddonOptions, addon_options
 from .common import err, info, load_editor, run_command
 from .edit import MODEL_HELP
 
@@ -19,6 +20,7 @@ SHOW_FAILURES = 10
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @addon_options
     def batch(
         manifest: Path = typer.Argument(..., help="JSON Lines (.jsonl) or CSV (.csv) file: one edit per row with 'image' and one of 'map', 'mask' + 'softness', 'source_prompt'."),
         outdir: Path = typer.Option(..., "--output", "-o", help="Output folder: <id>.png per row and results.jsonl (created if missing)."),
@@ -51,11 +53,13 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU)."),
         max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Refuse images larger than this many pixels."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
+        *,
+        addons: AddonOptions,
     ) -> None:
         """Edit every row of MANIFEST with one loaded model; a second run resumes where the first stopped."""
 
         def body() -> None:
-            from ..batch import load_model
+            from ..batch import LoadedAddons, load_model
             from ..batch import run as run_batch
             from ..loading import DEFAULT_MODEL
 
@@ -68,8 +72,9 @@ def register(app: typer.Typer) -> None:
                 "crop_resolution": crop_resolution, "skip_frozen": skip_frozen, "num_maps": num_maps,
                 "encode_strength": encode_strength,
             }
+            given.update(_addon_defaults(addons))
             defaults = {k: v for k, v in given.items() if v is not None}
-            config = _model_config_kw(model_config)
+            config = {**_model_config_kw(model_config), **addons.load_kw()}
             if ray is None:
                 def source() -> Any:  # loaded only if some row still has to run
                     ed = load_editor(model, None, device, dtype, **config)
@@ -81,7 +86,8 @@ def register(app: typer.Typer) -> None:
             show = sys.stderr.isatty() if progress is None else progress
             try:
                 summary = run_batch(manifest, outdir, source, defaults=defaults, group_size=group_size, ray=ray,
-                                    workers=workers, shared_storage=shared_storage, progress=show)
+                                    workers=workers, shared_storage=shared_storage, progress=show,
+                                    addons=LoadedAddons.from_load_kw(config))
             except KeyboardInterrupt:
                 err("interrupted; finished rows are recorded: run the same command again to resume")
                 raise typer.Exit(130) from None
@@ -101,3 +107,19 @@ def _model_config_kw(model_config: Optional[str]) -> dict[str, str]:
     if not model_config:
         return {}
     return {"original_config" if model_config.endswith((".yaml", ".yml")) else "config": model_config}
+
+
+def _addon_defaults(addons: AddonOptions) -> dict[str, Any]:
+    """The per-edit add-on options as row defaults (one control image and one scale: a row has one of each)."""
+    from ..errors import DiffDiffError
+
+    for name, values in (("--control-image", addons.control_image), ("--control-scale", addons.control_scale)):
+        if values and len(values) > 1:
+            raise DiffDiffError(f"batch takes one {name} default (rows give their own in the manifest)")
+    return {
+        "control_image": str(addons.control_image[0].resolve()) if addons.control_image else None,
+        "control_from": addons.control_from,
+        "control_scale": addons.control_scale[0] if addons.control_scale else None,
+        "control_mode": addons.control_mode,
+        "ip_adapter_image": str(addons.ip_adapter_image.resolve()) if addons.ip_adapter_image is not None else None,
+    }
