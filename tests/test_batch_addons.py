@@ -18,7 +18,7 @@ import diffdiff
 from diffdiff import batch
 from diffdiff.batch import BadRow, LoadedAddons, Row, build_rows, load_model
 from diffdiff.cli import app
-from diffdiff.io import read_metadata
+from diffdiff.io import image_sha256, read_metadata
 from diffdiff.testing import gradient_map, sample_image
 from diffdiff.testing_addons import build_tiny_controlnet, save_random_lora
 
@@ -78,9 +78,11 @@ def test_controlnet_batch_rows_match_editor_edit_and_diffdiff_edit(files: Path, 
                               controlnet_conditioning_scale=row.get("control_scale"))[0]
         assert np.array_equal(_pixels(out / f"{row['id']}.png"), np.asarray(want.convert("RGB"))), row["id"]
     other = cn_editor.edit(Image.open(files / "img0.png"), str(files / "map.png"), "a cat", seed=1,
-                           num_inference_steps=2, control_image=str(files / "ctl1.png"),
-                           controlnet_conditioning_scale=0.7)[0]
-    assert not np.array_equal(_pixels(out / "c0.png"), np.asarray(other.convert("RGB")))  # the row's image counts
+                           num_inference_steps=2, control_image=str(files / "ctl0.png"))[0]
+    assert not np.array_equal(_pixels(out / "c0.png"), np.asarray(other.convert("RGB")))  # the row's scale counts
+    for row in CN_ROWS:  # each row's own control image went in (its hash), not the other row's
+        with Image.open(files / row["control_image"]) as ctl:
+            assert read_metadata(out / f"{row['id']}.png")["control_image_sha256"] == [image_sha256(ctl)]
     single = tmp_path / "single.png"
     r = runner.invoke(app, ["edit", str(files / "img0.png"), "--map", str(files / "map.png"), "-p", "a cat",
                             "--seed", "1", "--model", str(tiny_sd_path), "--steps", "2", "-o", str(single),
