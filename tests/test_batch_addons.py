@@ -20,7 +20,7 @@ from diffdiff.batch import BadRow, LoadedAddons, Row, build_rows, load_model
 from diffdiff.cli import app
 from diffdiff.io import image_sha256, read_metadata
 from diffdiff.testing import gradient_map, sample_image
-from diffdiff.testing_addons import build_tiny_controlnet, save_random_lora
+from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter, save_random_lora
 
 runner = CliRunner()
 SRC = str(Path(diffdiff.__file__).resolve().parents[1])
@@ -112,6 +112,42 @@ def test_lora_batch_matches_editor_loaded_with_that_lora(files: Path, tiny_sd_pa
     assert not np.array_equal(_pixels(out / "l0.png"), np.asarray(plain.convert("RGB")))  # the LoRA was loaded
     ((record),) = read_metadata(out / "l0.png")["lora"]
     assert record["lora"] == lora.name and record["scale"] == 0.8
+
+
+def test_ip_adapter_batch_default_and_row_images_match_diffdiff_edit(files: Path, tiny_sd_path: Path,
+                                                                     tmp_path: Path) -> None:
+    ip = build_tiny_ip_adapter(tmp_path / "ip", tiny_sd_path)
+    rows = [{"id": "i0", "image": "img0.png", "map": "map.png", "seed": 4},  # the --ip-adapter-image default
+            {"id": "i1", "image": "img0.png", "map": "map.png", "seed": 4, "ip_adapter_image": "ctl1.png"}]
+    manifest = _write_jsonl(files / "ip.jsonl", rows)
+    out = tmp_path / "out"
+    load = ["--model", str(tiny_sd_path), "--steps", "2", "-p", "a fox", "--ip-adapter", str(ip),
+            "--ip-adapter-scale", "0.6"]
+    res = runner.invoke(app, ["batch", str(manifest), "-o", str(out), *load, "--ip-adapter-image", str(files / "ctl0.png")])
+    assert res.exit_code == 0, res.output
+    for row_id, ref in (("i0", "ctl0.png"), ("i1", "ctl1.png")):
+        single = tmp_path / f"single-{row_id}.png"
+        r = runner.invoke(app, ["edit", str(files / "img0.png"), "--map", str(files / "map.png"), "--seed", "4",
+                                *load, "--ip-adapter-image", str(files / ref), "-o", str(single)])
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(_pixels(single), _pixels(out / f"{row_id}.png")), row_id
+        meta = read_metadata(out / f"{row_id}.png")
+        assert read_metadata(single) == meta and meta["ip_adapter_image_file"] == ref, row_id
+    assert meta["ip_adapter"]["scale"] == 0.6
+    assert not np.array_equal(_pixels(out / "i0.png"), _pixels(out / "i1.png"))  # each row's own reference image
+
+
+def test_batch_takes_the_addon_options_of_edit() -> None:
+    """One definition: batch's add-on options are edit's (names, types, defaults, help, panel)."""
+    import typer
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+
+    def addon_params(name: str) -> list[tuple[Any, ...]]:
+        return [(p.opts[0], p.multiple, p.default, p.help, p.metavar) for p in commands[name].params
+                if p.rich_help_panel == "Add-ons: ControlNet, LoRA, IP-Adapter"]
+
+    assert addon_params("batch") == addon_params("edit") and len(addon_params("batch")) == 9
 
 
 @pytest.mark.parametrize("extra, rows, needle", [
