@@ -95,6 +95,26 @@ def test_controlnet_batch_rows_match_editor_edit_and_diffdiff_edit(files: Path, 
     assert meta["controlnet_scale"] == 0.7 and len(meta["control_image_sha256"]) == 1
 
 
+def test_control_from_default_and_a_row_replacing_it(files: Path, tiny_sd_path: Path, controlnet_path: Path,
+                                                     tmp_path: Path) -> None:
+    rows = [{"id": "k0", "image": "img0.png", "map": "map.png", "seed": 5},  # the --control-from canny default
+            {"id": "k1", "image": "img0.png", "map": "map.png", "seed": 5, "control_image": "ctl1.png"}]
+    manifest = _write_jsonl(files / "canny.jsonl", rows)
+    out = tmp_path / "out"
+    load = ["--model", str(tiny_sd_path), "--steps", "2", "-p", "a fox", "--controlnet", str(controlnet_path)]
+    res = runner.invoke(app, ["batch", str(manifest), "-o", str(out), *load, "--control-from", "canny"])
+    assert res.exit_code == 0, res.output
+    for row_id, control in (("k0", ["--control-from", "canny"]), ("k1", ["--control-image", str(files / "ctl1.png")])):
+        single = tmp_path / f"single-{row_id}.png"
+        r = runner.invoke(app, ["edit", str(files / "img0.png"), "--map", str(files / "map.png"), "--seed", "5",
+                                *load, *control, "-o", str(single)])
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(_pixels(single), _pixels(out / f"{row_id}.png")), row_id
+        assert read_metadata(single) == read_metadata(out / f"{row_id}.png"), row_id
+    assert read_metadata(out / "k0.png")["control_from"] == "canny"
+    assert "control_from" not in read_metadata(out / "k1.png")
+
+
 def test_lora_batch_matches_editor_loaded_with_that_lora(files: Path, tiny_sd_path: Path, sd_editor: diffdiff.Editor,
                                                         tmp_path: Path) -> None:
     lora = save_random_lora(tiny_sd_path, tmp_path / "lora")
@@ -159,6 +179,8 @@ def test_batch_takes_the_addon_options_of_edit() -> None:
     (["--controlnet", "{cn}"], [{"control_image": "ctl0.png", "control_from": "canny"}], "not both"),
     (["--controlnet", "{cn}"], [{"control_from": "sobel"}], "control_from must be one of canny"),
     (["--controlnet", "{cn}"], [{"control_image": "ctl0.png", "control_scale": -1}], "control_scale must be a number >= 0"),
+    (["--ip-adapter", "ip.safetensors"], [{}], "an IP-Adapter is loaded: the row needs 'ip_adapter_image'"),
+    (["--ip-adapter", "ip.safetensors"], [{"ip_adapter_image": "nope.png"}], "'ip_adapter_image': IP-Adapter image file '"),
 ])
 def test_bad_addon_row_is_one_line_nothing_written_no_model_loaded(
         files: Path, tiny_sd_path: Path, controlnet_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,7 +1,8 @@
 """Batch editing: a manifest of edits run with one loaded model, resumable, locally or on Ray.
 
 This module owns the manifest (JSON Lines or CSV) and its rows: field types, per-row defaults,
-validation, ids and output names; the grouping of rows into work units; the worker-side execution
+validation (the add-on input columns against the add-ons the model will carry,
+:class:`LoadedAddons`, before it is loaded), ids and output names; the grouping of rows into work units; the worker-side execution
 of a unit (open the inputs, call :meth:`Editor.edit` / :meth:`Editor.soft_inpaint` /
 :meth:`Editor.auto_map`, write or encode the PNGs with the CLI's metadata); the results log
 ``OUTDIR/results.jsonl`` and resuming from it; the local runner; the run's :class:`Summary`; and

@@ -1,4 +1,8 @@
-"""``diffdiff batch``: run a manifest of edits with one loaded model, resumable, locally or on Ray."""
+"""``diffdiff batch``: run a manifest of edits with one loaded model, resumable, locally or on Ray.
+
+The add-on options come from :mod:`diffdiff.cli.addon_options` (``@addon_options``): the load
+options load every worker's model, the per-edit ones are row defaults (:func:`_addon_defaults`).
+"""
 
 from __future__ import annotations
 
