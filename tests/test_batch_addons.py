@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 
 import diffdiff
 from diffdiff import batch
-from diffdiff.batch import BadRow, LoadedAddons, Row, build_rows, load_model
+from diffdiff.batch import BadRow, LoadedAddons, Row, build_rows
 from diffdiff.cli import app
 from diffdiff.io import image_sha256, read_metadata
 from diffdiff.testing import gradient_map, sample_image
@@ -238,18 +237,18 @@ def test_ray_controlnet_run_matches_the_local_run(files: Path, tiny_sd_path: Pat
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = SRC + (os.pathsep + old if old else "")  # workers import this checkout
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        factory = functools.partial(load_model, str(tiny_sd_path), controlnet=(str(controlnet_path),))
-        rows = [dict(r, steps=2) for r in CN_ROWS]
-        s = batch.run(rows, tmp_path / "ray", factory, base_dir=files, ray="auto", workers=1,
-                      addons=LoadedAddons(controlnet=True))
+    rows = [dict(r, steps=2) for r in CN_ROWS]
+    manifest = _write_jsonl(files / "ray.jsonl", rows)
+    try:  # the CLI: every worker loads the model with --controlnet; inputs travel as bytes
+        res = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "ray"), "--model", str(tiny_sd_path),
+                                  "--controlnet", str(controlnet_path), "--ray", "auto", "--workers", "1"])
     finally:
         ray.shutdown()
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
-    assert (s.done, s.failed) == (2, 0), s.failures
+    assert res.exit_code == 0 and "batch: 2 done, 0 failed" in res.output, res.output
     local = batch.run(rows, tmp_path / "local", cn_editor, base_dir=files)
     assert local.done == 2
     for row in rows:  # inputs travelled as bytes: same pixels and metadata (file names included)
