@@ -269,6 +269,21 @@ def test_auto_map(client: TestClient, image: Image.Image) -> None:
                                   data={"source_prompt": "a", "target_prompt": "b", "num_maps": "0"}), 422, "num_maps")
 
 
+def test_auto_map_defaults_are_the_librarys(client: TestClient, image: Image.Image) -> None:
+    """/api/auto-map's defaults (schema and run) are diffdiff.mapsettings', as the CLI's and the editor's are."""
+    from diffdiff.mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
+
+    body = client.get("/openapi.json").json()["paths"]["/api/auto-map"]["post"]["requestBody"]
+    ref = body["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    props = client.get("/openapi.json").json()["components"]["schemas"][ref]["properties"]
+    assert props["encode_strength"]["default"] == MAP_ENCODE_STRENGTH and props["num_maps"]["default"] == MAP_NUM_MAPS
+    r = client.post("/api/auto-map", files={"image": ("a.png", png(image), "image/png")},
+                    data={"source_prompt": "a bowl of apples", "target_prompt": "a bowl of pears", "seed": "0"})
+    assert r.status_code == 200, r.text
+    meta = read_metadata(Image.open(io.BytesIO(r.content)))
+    assert meta["encode_strength"] == MAP_ENCODE_STRENGTH and meta["num_maps"] == MAP_NUM_MAPS
+
+
 def test_diffedit(client: TestClient, image: Image.Image) -> None:
     if not callable(getattr(Editor, "diffedit", None)):
         pytest.skip("Editor.diffedit is not in this diffdiff yet (issue #5)")

@@ -43,6 +43,7 @@ from ..addon_inputs import UNION_MODES, controlnets_of, served_union_modes
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
 from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
+from ..mapsettings import MAP_ENCODE_STRENGTH, MAP_NUM_MAPS
 from ..request import EditRequest, validate_edit_params
 from .pipeargs import DESCRIPTION as PIPELINE_KWARGS_HELP
 from .pipeargs import PipelineArguments
@@ -405,7 +406,6 @@ IpAdapterImage = Annotated[Optional[UploadFile], File(description=IP_ADAPTER_IMA
 FORM_RULE = "x-diffdiff-form-rule"
 
 
-
 def _control_rule(union: Optional[list[str]]) -> dict[str, Any]:
     """With a ControlNet served: a control image, or control_from (non-empty), and not both; a ControlNet
     Union's control image also needs its control_mode, one of ``union`` (control_from names one itself)."""
@@ -707,8 +707,8 @@ def build_router(service: EditService) -> APIRouter:
         image: UploadFile = File(..., description="Image (any format Pillow reads)"),
         source_prompt: str = _text("What the image shows now"),
         target_prompt: str = _text("What it should show"),
-        num_maps: int = Form(10, ge=1, le=MAX_AUTO_MAPS, description="Noise draws averaged"),
-        encode_strength: float = Form(0.5, gt=0.0, le=1.0, allow_inf_nan=False),
+        num_maps: int = Form(MAP_NUM_MAPS, ge=1, le=MAX_AUTO_MAPS, description="Noise draws averaged"),
+        encode_strength: float = Form(MAP_ENCODE_STRENGTH, gt=0.0, le=1.0, allow_inf_nan=False),
         seed: Optional[int] = _seed(),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/auto-map"])
