@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional
 
 import anyio
@@ -440,13 +440,13 @@ def _serve_addon_fields(endpoint: Callable[..., Any], served: set[str], files: l
     return extra
 
 
-async def _addon_uploads(request: Request, fields: Iterable[str], served: set[str], service: EditService,
+async def _addon_uploads(request: Request, served: set[str], service: EditService,
                          control_image: Optional[UploadFile],
                          ip_adapter_image: Optional[UploadFile]) -> tuple[Optional[bytes], Optional[bytes]]:
-    """422 for one of the operation's add-on ``fields`` that the served model has not loaded; the control
+    """422 for an add-on field (:data:`ADDON_FIELDS`) that the served model has not loaded; the control
     and IP-Adapter image bytes."""
     form = await request.form()
-    unserved = sorted(set(fields) & set(form.keys()) - served)
+    unserved = sorted(set(ADDON_FIELDS) & set(form.keys()) - served)
     if unserved:  # the fields exist (and are documented) only for a served model with that add-on
         raise DiffDiffError(f"{', '.join(unserved)}: this server's model has no "
                             f"{ADDON_NAMES[ADDON_FIELDS[unserved[0]]]} loaded")
@@ -580,7 +580,7 @@ def build_router(service: EditService) -> APIRouter:
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/edit"], repeatable=("lora", "reference_images"))
-        control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
+        control_data, ip_data = await _addon_uploads(request, served, service, control_image,
                                                      ip_adapter_image)
         form = await request.form()
         lora_scales = await _lora_scales(request, served, loras)
@@ -651,7 +651,7 @@ def build_router(service: EditService) -> APIRouter:
         pipeline_kwargs: Optional[str] = _json_field(extra_args),
     ) -> Response:
         await _present(request, REQUIRED_TEXT["/api/fan"], repeatable=("lora",))
-        control_data, ip_data = await _addon_uploads(request, ADDON_FIELDS, served, service, control_image,
+        control_data, ip_data = await _addon_uploads(request, served, service, control_image,
                                                      ip_adapter_image)
         lora_scales = await _lora_scales(request, served, loras)
         img_data = await _read(image, "image", service.max_upload_bytes)
