@@ -83,8 +83,8 @@ FIELDS: dict[str, type] = {
     "control_mode": str,
     "ip_adapter_image": str,
 }
-#: The add-on input fields: manifest column -> what it is called in error messages.
-ADDON_FIELDS = ("control_image", "control_from", "control_scale", "control_mode", "ip_adapter_image")
+#: The add-on input fields a ControlNet takes.
+CONTROL_FIELDS = ("control_image", "control_from", "control_scale", "control_mode")
 #: Add-on input fields that are files (relative paths resolve like 'image').
 ADDON_FILES = {"control_image": "control image", "ip_adapter_image": "IP-Adapter image"}
 KINDS = ("map", "mask", "source_prompt")
@@ -287,7 +287,7 @@ def _check_addon_inputs(settings: Mapping[str, Any], addons: Optional[LoadedAddo
         union_mode(settings["control_mode"], None)  # a known name or a number
     if addons is None:
         return
-    control = [n for n in ("control_image", "control_from", "control_scale", "control_mode") if n in settings]
+    control = [n for n in CONTROL_FIELDS if n in settings]
     if control and not addons.controlnet:
         raise DiffDiffError(f"'{control[0]}' needs a ControlNet: load one with --controlnet PATH")
     if addons.controlnet and "control_image" not in settings and "control_from" not in settings:
