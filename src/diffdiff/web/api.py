@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
-from ..addon_inputs import UNION_MODES, controlnets_of, served_union_modes
+from ..addon_inputs import UNION_MODES
 from ..changemap import prepare_change_map
 from ..errors import DiffDiffError, DiffDiffWarning, UnsupportedFeatureError
 from ..lora import MAX_CALL_SCALE, lora_names, parse_scale_overrides, scale_list_pattern, scaled_loras, with_scales
@@ -507,12 +507,6 @@ def _served_loras(service: EditService) -> list[dict[str, Any]]:
     return list(getattr(getattr(service._editor, "addons", None), "loras", None) or [])
 
 
-def _takes_references(service: EditService) -> bool:
-    """Whether the served model takes ``reference_images`` (unknown, so yes, before a lazy model loads)."""
-    ed = service._editor
-    return ed is None or bool(getattr(getattr(ed, "adapter", None), "reference_image", False))
-
-
 async def _read_references(form: Any, limit: int) -> list[bytes]:
     """Every ``reference_images`` part of the form, read like the other uploads (at most
     :data:`MAX_REFERENCE_IMAGES`, each a file part; an empty part is none, as for every optional field)."""
@@ -548,7 +542,7 @@ def build_router(service: EditService) -> APIRouter:
         )
 
     served = _served_addon_fields(service)
-    modes = list(served_union_modes(controlnets_of(getattr(service._editor, "pipe", None)))) if "control_mode" in served else None
+    modes = service.union_modes() if "control_mode" in served else None
     extra_args = PipelineArguments(getattr(service._editor, "pipe", None))
     loras = _served_loras(service)
     names = sorted(lora_names(loras))
@@ -620,7 +614,7 @@ def build_router(service: EditService) -> APIRouter:
 
     # The add-on fields are part of the operation (and its schema) only for what the served model has
     # loaded, reference_images only for a model that takes them.
-    references = ["reference_images"] if _takes_references(service) else []
+    references = ["reference_images"] if service.takes_references() else []
     if not references:
         signature = inspect.signature(edit)
         edit.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from ..addon_inputs import controlnets_of, served_union_modes
 from ..denoise import unsupported_reason
 from ..errors import DiffDiffError
 from ..io import pnginfo_for
@@ -123,6 +124,19 @@ class EditService:
             else:
                 out[name] = name not in NEEDS_NOISE_PREDICTOR or unsupported_reason(ed) is None
         return out
+
+    def takes_references(self) -> bool:
+        """Whether the model takes extra reference images (its adapter's ``reference_image``, e.g.
+        Qwen-Image-Edit-Plus); before a lazily loaded model is loaded, as :meth:`features`: yes."""
+        ed = self._editor
+        return ed is None or bool(getattr(getattr(ed, "adapter", None), "reference_image", False))
+
+    def union_modes(self) -> list[str]:
+        """The control types of a served ControlNet Union (those it was trained with); none otherwise."""
+        addons = getattr(self._editor, "addons", None)
+        if addons is None or not addons.union:
+            return []
+        return list(served_union_modes(controlnets_of(self._editor.pipe)))
 
     # the queue ------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image
 
 from .. import maps
-from ..addon_inputs import controlnets_of, served_union_modes
 from ..denoise import SUPPORTED_FAMILIES, unsupported_reason
 from ..errors import DiffDiffError, DiffDiffWarning
 from ..levels import executed_steps
@@ -373,10 +372,9 @@ def build_ui(service: EditService) -> Any:
     has_control = bool(addons is not None and addons.controlnets)
     has_ip = bool(addons is not None and addons.ip_adapter)
     # A ControlNet Union's control types: those it was trained with (none for another model).
-    union_modes = (list(served_union_modes(controlnets_of(getattr(service._editor, "pipe", None))))
-                   if addons is not None and addons.union else [])
+    union_modes = service.union_modes()
     # Extra reference images, for a model that takes them (Qwen-Image-Edit-Plus).
-    takes_refs = bool(service.loaded and getattr(getattr(service._editor, "adapter", None), "reference_image", False))
+    takes_refs = service.loaded and service.takes_references()
     # Why the auto map and DiffEdit are off for this model (they take no add-on inputs).
     no_predictor = (unsupported_reason(service._editor) if service.loaded else None) or "the editor has no Editor.diffedit"
     with gr.Blocks(title="diffdiff") as demo:
