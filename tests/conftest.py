@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from diffdiff import Editor  # noqa: E402
 from diffdiff.cli.common import quiet_third_party  # noqa: E402
 from diffdiff.testing import build_tiny_sd, build_tiny_sdxl, gradient_map, sample_image  # noqa: E402
+from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter, save_random_lora  # noqa: E402
 
 # The tiny models are overhead-bound: one thread is as fast and does not fight other processes.
 torch.set_num_threads(1)
@@ -57,6 +58,28 @@ def tiny_sdxl_path(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_refiner_path(models_dir: Path) -> Path:
     return build_tiny_sdxl(models_dir / "tiny-sdxl-refiner", refiner=True)
+
+
+# The tiny add-ons several test modules load (built once per session; nothing writes into them).
+@pytest.fixture(scope="session")
+def controlnet_path(models_dir: Path, tiny_sd_path: Path) -> Path:
+    return build_tiny_controlnet(models_dir / "controlnet", tiny_sd_path)
+
+
+@pytest.fixture(scope="session")
+def union_controlnet_path(models_dir: Path, tiny_sdxl_path: Path) -> Path:
+    """An SDXL ControlNet Union (6 control types)."""
+    return build_tiny_controlnet(models_dir / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
+
+
+@pytest.fixture(scope="session")
+def lora_file(models_dir: Path, tiny_sd_path: Path) -> Path:
+    return save_random_lora(tiny_sd_path, models_dir / "lora")
+
+
+@pytest.fixture(scope="session")
+def ip_weights(models_dir: Path, tiny_sd_path: Path) -> Path:
+    return build_tiny_ip_adapter(models_dir / "ip", tiny_sd_path)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,6 @@ from diffdiff.testing_addons import (
     build_tiny_flux_controlnet,
     build_tiny_flux_fill,
     build_tiny_inpaint,
-    build_tiny_ip_adapter,
     build_tiny_marigold,
     save_kohya_lora,
     save_random_lora,
@@ -77,21 +76,6 @@ def inpaint_path(addon_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def sdxl_inpaint_path(addon_dir: Path, tiny_sdxl_path: Path) -> Path:
     return build_tiny_inpaint(addon_dir / "sdxl-inpaint", base="sdxl", base_model=tiny_sdxl_path)
-
-
-@pytest.fixture(scope="module")
-def controlnet_path(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
-
-
-@pytest.fixture(scope="module")
-def lora_file(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return save_random_lora(tiny_sd_path, addon_dir / "lora")
-
-
-@pytest.fixture(scope="module")
-def ip_weights(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
 
 
 @pytest.fixture(scope="module")
@@ -273,9 +257,8 @@ def test_sdxl_controlnet_from_python(addon_dir: Path, tiny_sdxl_path: Path) -> N
     assert with_cn.info["diffdiff"]["controlnet"] == ["controlnet-xl"]
 
 
-def test_sdxl_controlnet_union_takes_a_control_mode(addon_dir: Path, tiny_sdxl_path: Path) -> None:
-    net = build_tiny_controlnet(addon_dir / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
-    ed = Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+def test_sdxl_controlnet_union_takes_a_control_mode(union_controlnet_path: Path, tiny_sdxl_path: Path) -> None:
+    ed = Editor.from_pretrained(tiny_sdxl_path, controlnet=union_controlnet_path, progress=False)
     img, control = sample_image(64, 64, seed=3), sample_image(64, 64, seed=8)
     with pytest.raises(DiffDiffError, match="control_mode"):
         ed.edit(img, band_map(), "a fox", num_inference_steps=STEPS, control_image=control)

@@ -19,7 +19,6 @@ from diffdiff.batch import BadRow, LoadedAddons, Row, build_rows
 from diffdiff.cli import app
 from diffdiff.io import image_sha256, read_metadata
 from diffdiff.testing import gradient_map, sample_image
-from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter, save_random_lora
 
 runner = CliRunner()
 SRC = str(Path(diffdiff.__file__).resolve().parents[1])
@@ -33,11 +32,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sample_image(64, 64, seed=10 + i).save(d / f"ctl{i}.png")
     gradient_map(64, 64).save(d / "map.png")
     return d
-
-
-@pytest.fixture(scope="module")
-def controlnet_path(files: Path, tiny_sd_path: Path) -> Path:
-    return build_tiny_controlnet(files / "controlnet", tiny_sd_path)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +109,8 @@ def test_control_from_default_and_a_row_replacing_it(files: Path, tiny_sd_path: 
 
 
 def test_lora_batch_matches_editor_loaded_with_that_lora(files: Path, tiny_sd_path: Path, sd_editor: diffdiff.Editor,
-                                                        tmp_path: Path) -> None:
-    lora = save_random_lora(tiny_sd_path, tmp_path / "lora")
+                                                        tmp_path: Path, lora_file: Path) -> None:
+    lora = lora_file
     manifest = _write_jsonl(files / "lora.jsonl", [{"id": "l0", "image": "img0.png", "map": "map.png", "seed": 3}])
     out = tmp_path / "out"
     res = runner.invoke(app, ["batch", str(manifest), "-o", str(out), "--model", str(tiny_sd_path), "--steps", "2",
@@ -134,8 +128,8 @@ def test_lora_batch_matches_editor_loaded_with_that_lora(files: Path, tiny_sd_pa
 
 
 def test_ip_adapter_batch_default_and_row_images_match_diffdiff_edit(files: Path, tiny_sd_path: Path,
-                                                                     tmp_path: Path) -> None:
-    ip = build_tiny_ip_adapter(tmp_path / "ip", tiny_sd_path)
+                                                                     tmp_path: Path, ip_weights: Path) -> None:
+    ip = ip_weights
     rows = [{"id": "i0", "image": "img0.png", "map": "map.png", "seed": 4},  # the --ip-adapter-image default
             {"id": "i1", "image": "img0.png", "map": "map.png", "seed": 4, "ip_adapter_image": "ctl1.png"}]
     manifest = _write_jsonl(files / "ip.jsonl", rows)

@@ -24,7 +24,6 @@ from diffdiff.cli import app
 from diffdiff.fan import fan_grid
 from diffdiff.io import file_sha256, image_sha256, read_metadata, save_png_atomic
 from diffdiff.testing import sample_image
-from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter, save_random_lora
 
 pytestmark = pytest.mark.filterwarnings("ignore::diffdiff.errors.DiffDiffWarning")  # 4-step runs, on purpose
 runner = CliRunner()
@@ -36,21 +35,6 @@ ADDON_OPTIONS = ["--controlnet", "--control-image", "--control-scale", "--contro
 @pytest.fixture(scope="module")
 def addon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cli-addons")
-
-
-@pytest.fixture(scope="module")
-def controlnet_path(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
-
-
-@pytest.fixture(scope="module")
-def ip_weights(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
-
-
-@pytest.fixture(scope="module")
-def lora_file(addon_dir: Path, tiny_sd_path: Path) -> Path:
-    return save_random_lora(tiny_sd_path, addon_dir / "lora")
 
 
 @pytest.fixture(scope="module")

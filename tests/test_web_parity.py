@@ -76,9 +76,8 @@ CANVAS = {"background": IMAGE, "layers": [], "composite": IMAGE}
 
 # ------------------------------------------------------------------------ ControlNet Union: control type
 @pytest.fixture(scope="module")
-def union_editor(tiny_sdxl_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Editor:
-    net = build_tiny_controlnet(tmp_path_factory.mktemp("parity") / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
-    return Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+def union_editor(tiny_sdxl_path: Path, union_controlnet_path: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sdxl_path, controlnet=union_controlnet_path, progress=False)
 
 
 def test_ui_union_control_type_goes_to_the_edit_and_the_fan(union_editor: Editor, tiny_sd_path: Path,

@@ -37,7 +37,6 @@ from diffdiff.addon_inputs import UNION_MODES  # noqa: E402
 from diffdiff.errors import DiffDiffError, UnsupportedFeatureError  # noqa: E402
 from diffdiff.io import image_sha256, read_metadata  # noqa: E402
 from diffdiff.testing import sample_image  # noqa: E402
-from diffdiff.testing_addons import build_tiny_controlnet, build_tiny_ip_adapter  # noqa: E402
 from diffdiff.web import create_app  # noqa: E402
 
 SEED = 16
@@ -66,26 +65,18 @@ def fuzz_schema(app: hooks.Recorder, examples: int = MAX_EXAMPLES) -> Any:
 
 
 @pytest.fixture(scope="module")
-def addon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz-addons")
+def controlnet_editor(tiny_sd_path: Path, controlnet_path: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sd_path, controlnet=controlnet_path, progress=False)
 
 
 @pytest.fixture(scope="module")
-def controlnet_editor(tiny_sd_path: Path, addon_dir: Path) -> Editor:
-    net = build_tiny_controlnet(addon_dir / "controlnet", tiny_sd_path)
-    return Editor.from_pretrained(tiny_sd_path, controlnet=net, progress=False)
+def ip_editor(tiny_sd_path: Path, ip_weights: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sd_path, ip_adapter=ip_weights, progress=False)
 
 
 @pytest.fixture(scope="module")
-def ip_editor(tiny_sd_path: Path, addon_dir: Path) -> Editor:
-    weights = build_tiny_ip_adapter(addon_dir / "ip", tiny_sd_path)
-    return Editor.from_pretrained(tiny_sd_path, ip_adapter=weights, progress=False)
-
-
-@pytest.fixture(scope="module")
-def union_editor(tiny_sdxl_path: Path, addon_dir: Path) -> Editor:
-    net = build_tiny_controlnet(addon_dir / "controlnet-union", tiny_sdxl_path, seed=2, union=True)
-    return Editor.from_pretrained(tiny_sdxl_path, controlnet=net, progress=False)
+def union_editor(tiny_sdxl_path: Path, union_controlnet_path: Path) -> Editor:
+    return Editor.from_pretrained(tiny_sdxl_path, controlnet=union_controlnet_path, progress=False)
 
 
 @pytest.fixture(scope="module")
