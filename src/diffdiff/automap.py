@@ -118,6 +118,11 @@ class AutoMap:
     timestep: int
     settings: dict[str, Any]  # num_maps, encode_strength, clamp_ratio, smooth, peak_ratio
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """How the map was made, as metadata records it (:data:`RECORDED`): its settings and timestep."""
+        return {**self.settings, "timestep": self.timestep}
+
     def to_image(self) -> Image.Image:
         return Image.fromarray(np.round(self.array * 255).astype(np.uint8), "L")
 
@@ -190,8 +195,7 @@ def auto_map(editor: EditorLike, image: ImageLike, source_prompt: str, target_pr
         "family": editor.family,
         "source_prompt": source_prompt,
         "target_prompt": target_prompt,
-        **m.settings,
-        "timestep": m.timestep,
+        **m.record,
         "seed": m.seed,
         "image_sha256": image_sha256(img),
         "diffdiff_version": __version__,

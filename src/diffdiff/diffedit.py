@@ -203,7 +203,7 @@ def diffedit(
     if mask is None:
         auto = compute_auto_map(editor, source, source_prompt, target_prompt, num_maps, seed=seed)
         mask_arr = (auto.array > threshold).astype(np.float32)
-        auto_settings = {**auto.settings, "timestep": auto.timestep}
+        auto_settings = auto.record
     else:
         mask_arr = prepare_mask(mask, source.size)
     guidance = float(guidance_scale if guidance_scale is not None else (editor.default_guidance() or 7.5))
